@@ -1,0 +1,103 @@
+/**
+ * A device's control block: its doorbells, its run state and its statistics, in one
+ * SharedArrayBuffer shared by the driver side and the device worker. The rings themselves live in
+ * guest RAM (rings.ts); this block holds only the indices that publish them.
+ *
+ * Layout — Int32 words:
+ *   [0] SQ_TAIL       driver: descriptors submitted (free-running)
+ *   [1] SQ_HEAD       device: descriptors consumed
+ *   [2] CQ_TAIL       device: completions written
+ *   [3] CQ_HEAD       driver: completions consumed
+ *   [4] DEV_SLEEPING  device: 1 while it sleeps on SQ_TAIL (the driver notifies only then)
+ *   [5] DRV_WAITING   driver: 1 while it waits on CQ_TAIL (the device notifies only then)
+ *   [6] STOP          driver: 1 = stop after the current descriptor
+ *   [7] STATE         device: 0 created, 1 running, 2 stopped, 3 failed
+ *   [8] CTRL          driver: a control-plane message is pending; leave the data loop briefly
+ *   [9] POLL          driver: 1 = poll the doorbell instead of sleeping (benchmarks only)
+ * Float64 counters from byte 64 on (STATS below), written only by the device with plain stores
+ * after each descriptor (8-byte aligned stores do not tear on the hosts Node runs on); readers
+ * may see a count one descriptor old.
+ *
+ * ORDERING (doorbell, Dekker style): the driver stores SQ_TAIL then loads DEV_SLEEPING; the
+ * device stores DEV_SLEEPING = 1 then loads SQ_TAIL before sleeping. Seq-cst Atomics mean at
+ * least one of them sees the other, so a wake-up is never lost and a busy device is never
+ * notified. The same pattern guards CQ_TAIL / DRV_WAITING.
+ */
+export const SQ_TAIL = 0;
+export const SQ_HEAD = 1;
+export const CQ_TAIL = 2;
+export const CQ_HEAD = 3;
+export const DEV_SLEEPING = 4;
+export const DRV_WAITING = 5;
+export const STOP = 6;
+export const STATE = 7;
+export const CTRL = 8;
+export const POLL = 9;
+
+export const STATE_CREATED = 0;
+export const STATE_RUNNING = 1;
+export const STATE_STOPPED = 2;
+export const STATE_FAILED = 3;
+
+const STATS_BYTE_OFFSET = 64;
+
+/** The device's counters, in their order in the block. */
+export const STATS = [
+  'descriptors',
+  'transfers',
+  'bytesRead',
+  'bytesWritten',
+  'tlps',
+  'iotlbHits',
+  'iotlbMisses',
+  'faults',
+  'faultedBytes',
+  'staleAccesses',
+  'iotlbFlushes',
+] as const;
+export type DeviceStatName = (typeof STATS)[number];
+export type DeviceCounters = Record<DeviceStatName, number>;
+export const STAT: Readonly<Record<DeviceStatName, number>> = Object.fromEntries(STATS.map((n, i) => [n, i])) as Record<
+  DeviceStatName,
+  number
+>;
+
+export interface DeviceControlHandle {
+  readonly sab: SharedArrayBuffer;
+}
+
+export class DeviceControl {
+  readonly handle: DeviceControlHandle;
+  readonly ctl: Int32Array;
+  readonly stats: Float64Array;
+
+  static create(): DeviceControl {
+    return new DeviceControl({ sab: new SharedArrayBuffer(STATS_BYTE_OFFSET + STATS.length * 8) });
+  }
+
+  static attach(handle: DeviceControlHandle): DeviceControl {
+    return new DeviceControl(handle);
+  }
+
+  private constructor(handle: DeviceControlHandle) {
+    this.handle = handle;
+    this.ctl = new Int32Array(handle.sab, 0, STATS_BYTE_OFFSET / 4);
+    this.stats = new Float64Array(handle.sab, STATS_BYTE_OFFSET, STATS.length);
+  }
+
+  counters(): DeviceCounters {
+    const out = {} as DeviceCounters;
+    STATS.forEach((n, i) => (out[n] = this.stats[i]));
+    return out;
+  }
+
+  state(): number {
+    return Atomics.load(this.ctl, STATE);
+  }
+
+  /** Rings the doorbell: wakes the device if (and only if) it sleeps. */
+  ring(): void {
+    // ORDERING: called after the store that publishes work (SQ_TAIL, STOP or CTRL).
+    if (Atomics.load(this.ctl, DEV_SLEEPING) !== 0) Atomics.notify(this.ctl, SQ_TAIL);
+  }
+}

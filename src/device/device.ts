@@ -1,0 +1,346 @@
+/**
+ * A device as its driver sees it: a worker thread running a device model, a submission ring and
+ * a completion ring in guest RAM, a control block of doorbells in shared memory.
+ *
+ * submit() writes a descriptor into the submission ring with the CPU, publishes SQ_TAIL and
+ * rings the doorbell (a notify only if the device sleeps). Completions are reaped by a pump that
+ * sleeps in Atomics.waitAsync on CQ_TAIL with DRV_WAITING raised, so a busy driver is never
+ * notified. Nothing on this path is a message; comlink only starts the worker.
+ */
+import { DmaError, hex } from '../errors.js';
+import type { DmaAddr } from '../addresses.js';
+import { spawnControlled, type ControlledWorker } from '../control-plane.js';
+import { workerUrl } from '../worker-url.js';
+import type { GuestRam } from '../memory/guest-ram.js';
+import type { Domain } from '../iommu/domain.js';
+import type { IotlbHandle } from '../iommu/iotlb.js';
+import { FAULT_REASONS, type FaultAccess, type FaultReason } from '../iommu/fault-ring.js';
+import type { IommuHandle } from '../iommu/iommu-handle.js';
+import {
+  DeviceControl,
+  type DeviceCounters,
+  SQ_TAIL,
+  CQ_TAIL,
+  CQ_HEAD,
+  DRV_WAITING,
+  STOP,
+  STATE,
+  CTRL,
+  STATE_RUNNING,
+  STATE_FAILED,
+  STATE_STOPPED,
+} from './device-control.js';
+import {
+  type RingPlacement,
+  SQE_SIZE,
+  CQE_SIZE,
+  FLAG_FILL,
+  STATUS_OK,
+  STATUS_FAULT,
+  STATUS_INVALID,
+  encodeDescriptor,
+  decodeCompletion,
+  ringView,
+} from './rings.js';
+import { MAX_TRANSFER } from './dma-engine.js';
+import type { ModelName } from './device-model.js';
+// Type-only: the worker's API shape (no runtime import of worker code).
+import type { DeviceWorkerApi, DeviceWorkerConfig } from '../../workers/device-worker.js';
+
+export type CompletionStatus = 'ok' | 'fault' | 'invalid' | 'aborted';
+
+export interface Completion {
+  id: number;
+  status: CompletionStatus;
+  /** Bytes the device moved (0 unless ok). */
+  bytes: number;
+  /** Set when status is 'fault': the first access the IOMMU refused. */
+  fault?: { addr: number; access: FaultAccess; reason: FaultReason };
+}
+
+export interface CopyRequest {
+  src: DmaAddr;
+  dst: DmaAddr;
+  len: number;
+}
+
+export interface FillRequest {
+  dst: DmaAddr;
+  len: number;
+  value: number;
+}
+
+interface Pending {
+  resolve(c: Completion): void;
+  reject(e: unknown): void;
+}
+
+/** Everything a device needs from its machine to start. */
+export interface DeviceStartParams {
+  bdf: string;
+  requesterId: number;
+  slot: number;
+  model: ModelName;
+  dmaMaskBits: number;
+  maxPayload: number;
+  ram: GuestRam;
+  iommu: IommuHandle;
+  domain: Domain | null;
+  iotlb: IotlbHandle;
+  sq: RingPlacement;
+  cq: RingPlacement;
+}
+
+const STOP_GRACE_MS = 2000;
+const PUMP_SLICE_MS = 500;
+
+export class Device {
+  readonly bdf: string;
+  readonly requesterId: number;
+  readonly slot: number;
+  readonly model: ModelName;
+  readonly dmaMaskBits: number;
+  readonly queueDepth: number;
+  /** The IOMMU domain the device is attached to (null when nothing translates). */
+  domain: Domain | null;
+  readonly control: DeviceControl;
+  readonly sq: RingPlacement;
+  readonly cq: RingPlacement;
+  readonly iotlb: IotlbHandle;
+  private readonly ctl: Int32Array;
+  private readonly sqView: DataView;
+  private readonly cqView: DataView;
+  private readonly pending = new Map<number, Pending>();
+  private readonly spaceWaiters: Array<() => void> = [];
+  private sqTail = 0;
+  private cqHead = 0;
+  private nextId = 1;
+  private pumping = false;
+  private failure: DmaError | null = null;
+  private closed = false;
+  private worker: ControlledWorker<DeviceWorkerApi> | null = null;
+
+  private constructor(p: DeviceStartParams) {
+    this.bdf = p.bdf;
+    this.requesterId = p.requesterId;
+    this.slot = p.slot;
+    this.model = p.model;
+    this.dmaMaskBits = p.dmaMaskBits;
+    this.domain = p.domain;
+    this.sq = p.sq;
+    this.cq = p.cq;
+    this.iotlb = p.iotlb;
+    this.queueDepth = p.sq.depth;
+    this.control = DeviceControl.create();
+    this.ctl = this.control.ctl;
+    this.sqView = ringView(p.ram, p.sq, SQE_SIZE);
+    this.cqView = ringView(p.ram, p.cq, CQE_SIZE);
+  }
+
+  /** Spawns the device's worker and starts its model. */
+  static async start(p: DeviceStartParams): Promise<Device> {
+    const dev = new Device(p);
+    const w = spawnControlled<DeviceWorkerApi>(workerUrl('device-worker'), `dmaemu ${p.bdf} ${p.model}`);
+    dev.worker = w;
+    w.worker.on('error', (e) => dev.fail(new DmaError('EIO', `device ${dev.bdf} (${dev.model}): its worker failed: ${e.message}`, { cause: e })));
+    w.worker.on('exit', (code) => {
+      if (!dev.closed) dev.fail(new DmaError('EIO', `device ${dev.bdf} (${dev.model}): its worker exited (code ${code})`));
+    });
+    const cfg: DeviceWorkerConfig = {
+      name: p.bdf,
+      model: p.model,
+      dmaMaskBits: p.dmaMaskBits,
+      engine: { ram: p.ram.handle, iommu: p.iommu, requesterId: p.requesterId, slot: p.slot, iotlb: p.iotlb, maxPayload: p.maxPayload },
+      control: dev.control.handle,
+      sq: { dma: p.sq.dma, depth: p.sq.depth },
+      cq: { dma: p.cq.dma, depth: p.cq.depth },
+    };
+    try {
+      await w.remote.start(cfg);
+    } catch (e) {
+      await dev.close();
+      throw new DmaError('EIO', `device ${p.bdf}: could not start model ${p.model}: ${(e as Error).message}`, { cause: e });
+    }
+    return dev;
+  }
+
+  /** Device-issued DMA: copies len bytes from DMA address src to DMA address dst. */
+  async copy(req: CopyRequest): Promise<Completion> {
+    this.checkRange('copy', 'src', req?.src, req?.len);
+    this.checkRange('copy', 'dst', req.dst, req.len);
+    return this.expectOk('copy', await this.submit(req.src, req.dst, req.len, 0));
+  }
+
+  /** Device-issued DMA write of one byte value over [dst, dst + len). */
+  async fill(req: FillRequest): Promise<Completion> {
+    this.checkRange('fill', 'dst', req?.dst, req?.len);
+    if (!Number.isInteger(req.value) || req.value < 0 || req.value > 255) {
+      throw new DmaError('EINVAL', `device ${this.bdf}: fill value ${String(req.value)} must be a byte (0..255)`);
+    }
+    return this.expectOk('fill', await this.submit(req.value, req.dst, req.len, FLAG_FILL));
+  }
+
+  /**
+   * Queues one raw descriptor and resolves with its completion, whatever its status (copy()
+   * and fill() turn a failed completion into a DmaError).
+   */
+  async submit(src: number, dst: number, len: number, flags: number): Promise<Completion> {
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
+    while (this.pending.size >= this.queueDepth) {
+      await new Promise<void>((r) => this.spaceWaiters.push(r));
+      if (this.failure) throw this.failure;
+    }
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    const done = new Promise<Completion>((resolve, reject) => this.pending.set(id, { resolve, reject }));
+    encodeDescriptor(this.sqView, (this.sqTail % this.queueDepth) * SQE_SIZE, { src, dst, len, flags, id });
+    this.sqTail = (this.sqTail + 1) | 0;
+    // ORDERING: the store publishes the descriptor written above; ring() then loads DEV_SLEEPING.
+    Atomics.store(this.ctl, SQ_TAIL, this.sqTail);
+    this.control.ring();
+    void this.pump();
+    return done;
+  }
+
+  /** The device's counters (bytes, transfers, IOTLB hits/misses, faults, stale accesses...). */
+  counters(): DeviceCounters {
+    return this.control.counters();
+  }
+
+  /** Descriptors submitted and not yet completed. */
+  inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Why the device failed, if it did. */
+  get error(): DmaError | null {
+    return this.failure;
+  }
+
+  /** Control-plane call into the worker (flags CTRL so the data loop lets the message in). */
+  async info(): Promise<{ name: string; model: string; state: number; error: string | null }> {
+    if (!this.worker || this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
+    const p = this.worker.remote.info();
+    Atomics.store(this.ctl, CTRL, 1);
+    this.control.ring();
+    return p;
+  }
+
+  /** Stops the device and ends its worker. Outstanding descriptors complete as aborted. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const w = this.worker;
+    Atomics.store(this.ctl, STOP, 1);
+    this.control.ring();
+    if (w) {
+      const state = Atomics.load(this.ctl, STATE);
+      if (state === STATE_RUNNING) {
+        const r = Atomics.waitAsync(this.ctl, STATE, STATE_RUNNING, STOP_GRACE_MS);
+        if (r.async) await r.value;
+      }
+      this.reap();
+      w.release();
+      await w.worker.terminate();
+    }
+    this.failAll(new DmaError('EIO', `device ${this.bdf}: closed with the descriptor still outstanding`));
+  }
+
+  private expectOk(op: string, c: Completion): Completion {
+    if (c.status === 'ok') return c;
+    if (c.status === 'fault' && c.fault) {
+      const f = c.fault;
+      throw new DmaError(
+        'EFAULT',
+        `device ${this.bdf}: DMA ${f.access} at ${hex(f.addr)} refused by the IOMMU (${f.reason}${this.domain ? `, ${this.domain.name}` : ''}); the ${op} was aborted and no byte moved`,
+      );
+    }
+    if (c.status === 'invalid') {
+      throw new DmaError('EINVAL', `device ${this.bdf}: ${op} descriptor rejected by the ${this.model} (address beyond its ${this.dmaMaskBits}-bit DMA mask, or length over ${MAX_TRANSFER})`);
+    }
+    throw new DmaError('EIO', `device ${this.bdf}: ${op} aborted`);
+  }
+
+  private checkRange(op: string, what: string, addr: unknown, len: unknown): void {
+    if (typeof len !== 'number' || !Number.isSafeInteger(len) || len <= 0 || len > MAX_TRANSFER) {
+      throw new DmaError('EINVAL', `device ${this.bdf}: ${op} length ${String(len)} must be an integer in [1, ${MAX_TRANSFER}]`);
+    }
+    if (typeof addr !== 'number' || !Number.isSafeInteger(addr) || addr < 0) {
+      throw new DmaError('EINVAL', `device ${this.bdf}: ${op} ${what} ${String(addr)} is not a DMA address`);
+    }
+  }
+
+  /** Takes every published completion off the completion ring. */
+  private reap(): void {
+    const ctl = this.ctl;
+    // ORDERING: CQ_TAIL load pairs with the device's store; entries below it are complete.
+    const tail = Atomics.load(ctl, CQ_TAIL);
+    while (this.cqHead !== tail) {
+      const c = decodeCompletion(this.cqView, (this.cqHead % this.queueDepth) * CQE_SIZE);
+      this.cqHead = (this.cqHead + 1) | 0;
+      const p = this.pending.get(c.id);
+      if (!p) continue;
+      this.pending.delete(c.id);
+      const status: CompletionStatus =
+        c.status === STATUS_OK ? 'ok' : c.status === STATUS_FAULT ? 'fault' : c.status === STATUS_INVALID ? 'invalid' : 'aborted';
+      const out: Completion = { id: c.id, status, bytes: c.bytes };
+      if (status === 'fault') {
+        out.fault = { addr: c.faultAddr, access: c.faultWrite ? 'write' : 'read', reason: FAULT_REASONS[c.faultReason] ?? 'not-present' };
+      }
+      p.resolve(out);
+    }
+    // ORDERING: frees completion-ring slots for the device.
+    Atomics.store(ctl, CQ_HEAD, this.cqHead);
+    while (this.spaceWaiters.length > 0 && this.pending.size < this.queueDepth) this.spaceWaiters.shift()!();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    const ctl = this.ctl;
+    try {
+      while (this.pending.size > 0 && !this.failure) {
+        this.reap();
+        if (this.pending.size === 0) break;
+        const state = Atomics.load(ctl, STATE);
+        if (state === STATE_FAILED || state === STATE_STOPPED) {
+          const why = state === STATE_FAILED ? await this.workerError() : 'stopped';
+          this.fail(new DmaError('EIO', `device ${this.bdf} (${this.model}) ${state === STATE_FAILED ? 'failed' : 'stopped'}: ${why}`));
+          break;
+        }
+        const seen = Atomics.load(ctl, CQ_TAIL);
+        if (seen !== this.cqHead) continue;
+        // ORDERING: DRV_WAITING raised before CQ_TAIL is re-read (Dekker with the device).
+        Atomics.store(ctl, DRV_WAITING, 1);
+        if (Atomics.load(ctl, CQ_TAIL) === seen) {
+          const r = Atomics.waitAsync(ctl, CQ_TAIL, seen, PUMP_SLICE_MS);
+          if (r.async) await r.value;
+        }
+        Atomics.store(ctl, DRV_WAITING, 0);
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private async workerError(): Promise<string> {
+    try {
+      const i = await Promise.race([this.info(), new Promise<null>((r) => setTimeout(() => r(null), 1000).unref())]);
+      return i?.error ?? 'no reason given';
+    } catch {
+      return 'no reason given';
+    }
+  }
+
+  private fail(e: DmaError): void {
+    if (!this.failure && !this.closed) this.failure = e;
+    this.failAll(e);
+  }
+
+  private failAll(e: DmaError): void {
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+    while (this.spaceWaiters.length > 0) this.spaceWaiters.shift()!();
+  }
+}

@@ -1,0 +1,315 @@
+/**
+ * The DMA engine of one device: how a device's reads and writes reach guest RAM, seen from the
+ * device (it runs in the device's worker thread). Not a shared layout of its own: it reads the
+ * IOMMU's structures through their owning modules and copies bytes in guest RAM.
+ *
+ * A transfer (one descriptor's work) goes:
+ *   begin()      enter the device epoch, load the context entry, apply IOTLB invalidations
+ *   translate()  every page of every range the transfer will touch: IOTLB hit, or a page-table
+ *                walk; a missing entry, a missing permission, an address outside the 48-bit IOVA
+ *                space or outside RAM records ONE fault and aborts the transfer before any byte
+ *                moves (so RAM is untouched)
+ *   copy         the translated runs, page-contiguous runs merged into one copy
+ *   end()        leave the epoch (a strict unmap waiting for this device may return)
+ * Translation, permission checks and the epoch apply per page, which is also where PCIe splits
+ * a transfer into TLPs (at most max-payload bytes, never across a page); TLPs are counted, but
+ * the bytes of physically contiguous pages are moved by one copy.
+ */
+import type { GuestRamHandle } from '../memory/guest-ram.js';
+import { GuestRam } from '../memory/guest-ram.js';
+import type { IommuHandle } from '../iommu/iommu-handle.js';
+import { TablePool } from '../iommu/table-pool.js';
+import { walk, PTE_READ, PTE_WRITE } from '../iommu/page-table.js';
+import { ContextTable } from '../iommu/context-table.js';
+import { DomainTable, DOMAIN_DMA, DOMAIN_IDENTITY } from '../iommu/domain-table.js';
+import { Invalidation } from '../iommu/invalidation.js';
+import { DeviceEpochs } from '../iommu/device-epoch.js';
+import { FaultRing, REASON_NOT_PRESENT, REASON_PERMISSION, REASON_OUT_OF_RANGE, REASON_NO_CONTEXT } from '../iommu/fault-ring.js';
+import { Iotlb, type IotlbHandle, IOTLB_READ, IOTLB_WRITE, IOTLB_STALE } from '../iommu/iotlb.js';
+import { STAT } from './device-control.js';
+
+export interface DmaEngineConfig {
+  ram: GuestRamHandle;
+  iommu: IommuHandle;
+  requesterId: number;
+  /** Device slot in the IOMMU's epoch table. */
+  slot: number;
+  iotlb: IotlbHandle;
+  /** PCIe Max_Payload_Size in bytes (128..4096). */
+  maxPayload: number;
+}
+
+const PAGE = 4096;
+const IOVA_LIMIT = 2 ** 48;
+/** Largest single transfer a descriptor may ask for (bounds the translation scratch). */
+export const MAX_TRANSFER = 64 * 1024 * 1024;
+const MAX_RUNS = MAX_TRANSFER / PAGE + 2;
+
+/** TLPs a transfer of len bytes at addr becomes: page-bounded pieces of at most mp bytes. */
+export function tlpCount(addr: number, len: number, mp: number): number {
+  const first = Math.min(PAGE - (addr % PAGE), len);
+  let rest = len - first;
+  const full = Math.floor(rest / PAGE);
+  rest -= full * PAGE;
+  return Math.ceil(first / mp) + full * Math.ceil(PAGE / mp) + (rest > 0 ? Math.ceil(rest / mp) : 0);
+}
+
+/** Translated pieces of one address range: RAM offsets and lengths, contiguous pieces merged. */
+export class RunList {
+  readonly offs = new Float64Array(MAX_RUNS);
+  readonly lens = new Float64Array(MAX_RUNS);
+  count = 0;
+  reset(): void {
+    this.count = 0;
+  }
+  push(off: number, len: number): void {
+    const n = this.count;
+    // Merge with the previous piece when contiguous, but never across a 1 GiB RAM window.
+    if (n > 0 && this.offs[n - 1] + this.lens[n - 1] === off && (off & 0x3fffffff) !== 0) {
+      this.lens[n - 1] += len;
+    } else {
+      this.offs[n] = off;
+      this.lens[n] = len;
+      this.count = n + 1;
+    }
+  }
+}
+
+export class DmaEngine {
+  readonly ram: GuestRam;
+  readonly iotlb: Iotlb;
+  readonly requesterId: number;
+  readonly slot: number;
+  readonly enabled: boolean;
+  private readonly maxPayload: number;
+  private readonly entries: Int32Array;
+  private readonly contexts: ContextTable;
+  private readonly domains: DomainTable;
+  private readonly inval: Invalidation;
+  private readonly epochs: DeviceEpochs;
+  private readonly faults: FaultRing;
+
+  // Per-transfer state.
+  private domain = -1;
+  private domainType = 0;
+  private root = 0;
+  private lastGen = 0;
+  private lastTail = 0;
+  private inTransfer = false;
+
+  /** Set by translate() when it fails. */
+  faultAddr = 0;
+  faultReason = 0;
+  faultWrite = false;
+
+  /** Counters, flushed into the device's stats block by the owner. */
+  readonly counts = new Float64Array(Object.keys(STAT).length);
+
+  constructor(cfg: DmaEngineConfig) {
+    this.ram = GuestRam.attach(cfg.ram);
+    this.iotlb = Iotlb.attach(cfg.iotlb);
+    this.requesterId = cfg.requesterId;
+    this.slot = cfg.slot;
+    this.enabled = cfg.iommu.enabled;
+    this.maxPayload = cfg.maxPayload;
+    this.entries = TablePool.attach(cfg.iommu.pool).entries;
+    this.contexts = ContextTable.attach(cfg.iommu.contexts);
+    this.domains = DomainTable.attach(cfg.iommu.domains);
+    this.inval = Invalidation.attach(cfg.iommu.invalidation);
+    this.epochs = DeviceEpochs.attach(cfg.iommu.epochs);
+    this.faults = FaultRing.attach(cfg.iommu.faults);
+  }
+
+  /** Starts a transfer: enter the epoch, then see the current context and invalidations. */
+  begin(): void {
+    this.inTransfer = true;
+    if (!this.enabled) return;
+    this.epochs.enter(this.slot, this.lastGen);
+    const d = this.contexts.domainOf(this.requesterId);
+    if (d !== this.domain) {
+      // A new context: nothing cached belongs to it.
+      this.iotlb.flushAll();
+      this.domain = d;
+      if (d >= 0) {
+        this.lastGen = this.inval.gen(d);
+        this.lastTail = this.inval.tail(d);
+        this.domainType = this.domains.typeCode(d);
+        this.root = this.domains.root(d);
+        this.epochs.advance(this.slot, this.lastGen);
+      }
+      return;
+    }
+    if (d < 0) return;
+    const g = this.inval.gen(d);
+    this.lastTail = this.inval.apply(d, this.lastTail, this.iotlb);
+    if (g !== this.lastGen) {
+      this.lastGen = g;
+      this.epochs.advance(this.slot, g);
+    }
+  }
+
+  /** Ends a transfer: from here on a strict unmap need not wait for this device. */
+  end(): void {
+    if (!this.inTransfer) return;
+    this.inTransfer = false;
+    if (this.enabled) this.epochs.exit(this.slot, this.lastGen);
+    this.counts[STAT.iotlbFlushes] = this.iotlb.flushes;
+  }
+
+  /**
+   * Translates [addr, addr + len) for a read or a write into `out`. Returns true, or false after
+   * recording one fault (faultAddr/faultReason/faultWrite say which). Call between begin/end.
+   */
+  translate(addr: number, len: number, write: boolean, out: RunList): boolean {
+    out.reset();
+    if (len === 0) return true;
+    const c = this.counts;
+    const mp = this.maxPayload;
+    if (!this.enabled || this.domainType === DOMAIN_IDENTITY) {
+      // No translation: the DMA address is the physical address.
+      if (this.enabled && this.domain < 0) return this.fault(addr, write, REASON_NO_CONTEXT);
+      const off = this.ram.offsetOf(addr, len);
+      if (off >= 0 && this.ram.size <= 2 ** 32) {
+        out.push(off, len);
+        c[STAT.tlps] += tlpCount(addr, len, mp);
+        return true;
+      }
+      return this.translateFlat(addr, len, write, out);
+    }
+    if (this.domain < 0) return this.fault(addr, write, REASON_NO_CONTEXT);
+    if (this.domainType !== DOMAIN_DMA) return this.fault(addr, write, REASON_NOT_PRESENT);
+    if (addr + len > IOVA_LIMIT || addr < 0) return this.fault(Math.max(addr, IOVA_LIMIT), write, REASON_OUT_OF_RANGE);
+
+    const tlb = this.iotlb;
+    const tags = tlb.tags;
+    const offs = tlb.offs;
+    const flags = tlb.flags;
+    const mask = tlb.mask;
+    const need = write ? IOTLB_WRITE : IOTLB_READ;
+    const end = addr + len;
+    let a = addr;
+    let hits = 0;
+    let misses = 0;
+    let stale = 0;
+    let tlps = 0;
+    while (a < end) {
+      const page = Math.floor(a / PAGE);
+      const inPage = a - page * PAGE;
+      const n = Math.min(PAGE - inPage, end - a);
+      let i = page & mask;
+      let off: number;
+      let f: number;
+      if (tags[i] === page) {
+        hits++;
+        f = flags[i];
+        off = offs[i];
+        if ((f & IOTLB_STALE) !== 0) stale++;
+      } else {
+        misses++;
+        const pte = walk(this.entries, this.root, page * PAGE);
+        if (pte === 0) {
+          this.flushCounts(hits, misses, stale, 0);
+          return this.fault(a, write, REASON_NOT_PRESENT);
+        }
+        f = ((pte & PTE_READ) !== 0 ? IOTLB_READ : 0) | ((pte & PTE_WRITE) !== 0 ? IOTLB_WRITE : 0);
+        off = this.ram.offsetOf((pte >>> 4) * PAGE, PAGE);
+        i = tlb.insert(page, off, f);
+      }
+      if ((f & need) === 0) {
+        this.flushCounts(hits, misses, stale, 0);
+        return this.fault(a, write, REASON_PERMISSION);
+      }
+      if (off < 0) {
+        this.flushCounts(hits, misses, stale, 0);
+        return this.fault(a, write, REASON_OUT_OF_RANGE);
+      }
+      out.push(off + inPage, n);
+      tlps += n <= mp ? 1 : Math.ceil(n / mp);
+      a += n;
+    }
+    this.flushCounts(hits, misses, stale, tlps);
+    return true;
+  }
+
+  private flushCounts(hits: number, misses: number, stale: number, tlps: number): void {
+    const c = this.counts;
+    c[STAT.iotlbHits] += hits;
+    c[STAT.iotlbMisses] += misses;
+    c[STAT.staleAccesses] += stale;
+    c[STAT.tlps] += tlps;
+  }
+
+  /** Untranslated range that spans regions or windows: page by page. */
+  private translateFlat(addr: number, len: number, write: boolean, out: RunList): boolean {
+    this.counts[STAT.tlps] += tlpCount(addr, len, this.maxPayload);
+    const end = addr + len;
+    let a = addr;
+    while (a < end) {
+      const n = Math.min(PAGE - (a % PAGE), end - a);
+      const off = this.ram.offsetOf(a, n);
+      if (off < 0) return this.fault(a, write, REASON_OUT_OF_RANGE);
+      out.push(off, n);
+      a += n;
+    }
+    return true;
+  }
+
+  private fault(addr: number, write: boolean, reason: number): false {
+    this.faultAddr = addr;
+    this.faultWrite = write;
+    this.faultReason = reason;
+    this.counts[STAT.faults]++;
+    this.faults.record(this.requesterId, addr, write, reason, this.domain);
+    return false;
+  }
+
+  /** Copies the bytes of `src` runs to `dst` runs (equal total lengths). */
+  copyRuns(dst: RunList, src: RunList): void {
+    const ram = this.ram;
+    if (dst.count === 1 && src.count === 1) {
+      ram.copy(dst.offs[0], src.offs[0], src.lens[0]);
+      return;
+    }
+    let di = 0;
+    let si = 0;
+    let dDone = 0;
+    let sDone = 0;
+    while (di < dst.count && si < src.count) {
+      const n = Math.min(dst.lens[di] - dDone, src.lens[si] - sDone);
+      ram.copy(dst.offs[di] + dDone, src.offs[si] + sDone, n);
+      dDone += n;
+      sDone += n;
+      if (dDone === dst.lens[di]) {
+        di++;
+        dDone = 0;
+      }
+      if (sDone === src.lens[si]) {
+        si++;
+        sDone = 0;
+      }
+    }
+  }
+
+  /** Fills the runs with one byte value. */
+  fillRuns(dst: RunList, value: number): void {
+    for (let i = 0; i < dst.count; i++) this.ram.view(dst.offs[i], dst.lens[i]).fill(value);
+  }
+
+  /** Copies the runs' bytes out to a local buffer (descriptor fetch). */
+  readRuns(src: RunList, into: Uint8Array): void {
+    let k = 0;
+    for (let i = 0; i < src.count; i++) {
+      into.set(this.ram.view(src.offs[i], src.lens[i]), k);
+      k += src.lens[i];
+    }
+  }
+
+  /** Copies a local buffer into the runs (completion write). */
+  writeRuns(dst: RunList, from: Uint8Array): void {
+    let k = 0;
+    for (let i = 0; i < dst.count; i++) {
+      this.ram.view(dst.offs[i], dst.lens[i]).set(from.subarray(k, k + dst.lens[i]));
+      k += dst.lens[i];
+    }
+  }
+}

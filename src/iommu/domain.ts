@@ -1,0 +1,176 @@
+/**
+ * An IOMMU domain: one I/O address space (its page table), the devices attached to it, its
+ * IOVA allocator and flush queue, and its IOTLB invalidation. Any thread can attach to a domain
+ * from its structured-cloneable handle and map or unmap in it.
+ *
+ * unmap() is iommu_unmap(): the PTEs are cleared, the invalidation is published and the call
+ * returns only when no attached device can still use the old translation (device-epoch.ts).
+ * unmapLazy() is the flush-queue path of dma-iommu (iommu.strict=0): PTEs cleared, IOTLBs told
+ * to treat the entries as stale, no waiting; flushIotlbAll() ends the window.
+ */
+import { DmaError } from '../errors.js';
+import { type Iova, type Pa, PAGE_SIZE } from '../addresses.js';
+import { TablePool } from './table-pool.js';
+import { PageTable, type PageTableHandle } from './page-table.js';
+import { DomainTable, type DomainType } from './domain-table.js';
+import { Invalidation } from './invalidation.js';
+import { DeviceEpochs } from './device-epoch.js';
+import { IovaAllocator, type IovaAllocatorHandle } from './iova.js';
+import { FlushQueue, type FlushQueueHandle } from './flush-queue.js';
+import type { IommuHandle } from './iommu-handle.js';
+
+export interface DomainHandle {
+  readonly iommu: IommuHandle;
+  readonly id: number;
+  readonly type: DomainType;
+  readonly name: string;
+  readonly pt: PageTableHandle | null;
+  readonly iova: IovaAllocatorHandle;
+  readonly fq: FlushQueueHandle;
+}
+
+export interface DomainOptions {
+  /** Page sizes the page table may use, as Linux's pgsize_bitmap (default 4 KiB | 2 MiB | 1 GiB). */
+  pgsizeBitmap?: number;
+  /** Capacity of the lazy-mode flush queue. */
+  flushQueueSize?: number;
+}
+
+/** Per-thread views of an IOMMU's shared structures, built once per handle. */
+interface Shared {
+  pool: TablePool;
+  domains: DomainTable;
+  invalidation: Invalidation;
+  epochs: DeviceEpochs;
+}
+const sharedCache = new WeakMap<IommuHandle, Shared>();
+function shared(h: IommuHandle): Shared {
+  let s = sharedCache.get(h);
+  if (!s) {
+    s = {
+      pool: TablePool.attach(h.pool),
+      domains: DomainTable.attach(h.domains),
+      invalidation: Invalidation.attach(h.invalidation),
+      epochs: DeviceEpochs.attach(h.epochs),
+    };
+    sharedCache.set(h, s);
+  }
+  return s;
+}
+
+export class Domain {
+  readonly handle: DomainHandle;
+  readonly id: number;
+  readonly type: DomainType;
+  readonly name: string;
+  readonly pt: PageTable | null;
+  readonly iova: IovaAllocator;
+  readonly fq: FlushQueue;
+  private readonly s: Shared;
+
+  /** Creates a domain in the IOMMU described by `iommu` (normally through Iommu.createDomain). */
+  static create(iommu: IommuHandle, type: DomainType, options: DomainOptions = {}): Domain {
+    const s = shared(iommu);
+    const pt = type === 'dma' ? PageTable.create(s.pool, { name: 'domain', pgsizeBitmap: options.pgsizeBitmap }) : null;
+    let id: number;
+    try {
+      id = s.domains.claim(type, pt ? pt.handle.root : 0);
+    } catch (e) {
+      pt?.destroy();
+      throw e;
+    }
+    s.invalidation.reset(id);
+    const name = `domain ${id}`;
+    return new Domain({
+      iommu,
+      id,
+      type,
+      name,
+      pt: pt ? { ...pt.handle, name } : null,
+      iova: IovaAllocator.create().handle,
+      fq: FlushQueue.create(options.flushQueueSize).handle,
+    });
+  }
+
+  static attach(handle: DomainHandle): Domain {
+    return new Domain(handle);
+  }
+
+  private constructor(handle: DomainHandle) {
+    this.handle = handle;
+    this.id = handle.id;
+    this.type = handle.type;
+    this.name = handle.name;
+    this.s = shared(handle.iommu);
+    this.pt = handle.pt ? PageTable.attach(this.s.pool, handle.pt) : null;
+    this.iova = IovaAllocator.attach(handle.iova);
+    this.fq = FlushQueue.attach(handle.fq);
+  }
+
+  private table(op: string): PageTable {
+    if (!this.pt) {
+      throw new DmaError('EINVAL', `${this.name}: ${op} needs a translating (dma) domain; this one is ${this.type}`);
+    }
+    return this.pt;
+  }
+
+  /** iommu_map: maps [iova, iova + size) to [pa, pa + size) with IOMMU_READ/IOMMU_WRITE prot. */
+  map(iova: Iova, pa: Pa, size: number, prot: number): void {
+    this.table('map').map(iova, pa, size, prot);
+  }
+
+  /** iommu_unmap, strict: returns the bytes cleared once no attached device can use them. */
+  unmap(iova: Iova, size: number): number {
+    const bytes = this.table('unmap').unmap(iova, size);
+    if (bytes > 0) this.invalidate(Math.floor(iova / PAGE_SIZE), Math.ceil(size / PAGE_SIZE));
+    return bytes;
+  }
+
+  /** Clears the PTEs and lets IOTLBs keep the entries (marked stale) until flushIotlbAll(). */
+  unmapLazy(iova: Iova, size: number): number {
+    const bytes = this.table('unmap').unmap(iova, size);
+    if (bytes > 0) this.s.invalidation.publish(this.id, Math.floor(iova / PAGE_SIZE), Math.ceil(size / PAGE_SIZE), true);
+    return bytes;
+  }
+
+  /** iommu_flush_iotlb_all: every IOTLB entry of this domain is dropped, and waited for. */
+  flushIotlbAll(): void {
+    this.invalidate(0, 0);
+  }
+
+  iovaToPhys(iova: Iova): Pa | null {
+    if (this.type === 'identity') return iova as number as Pa;
+    if (!this.pt) return null;
+    return this.pt.iovaToPhys(iova);
+  }
+
+  /** Device slots attached to this domain. */
+  attachedSlots(): number[] {
+    return this.s.domains.attached(this.id);
+  }
+
+  invalidationCounts(): { strict: number; lazy: number } {
+    return this.s.invalidation.counts(this.id);
+  }
+
+  /** Publishes a strict invalidation of [page, page + npages) (0 = all) and waits for devices. */
+  private invalidate(page: number, npages: number): void {
+    const gen = this.s.invalidation.publish(this.id, page, npages, false);
+    for (const d of this.s.domains.attached(this.id)) this.s.epochs.waitFor(d, gen);
+  }
+
+  /** Frees the page table and the slot; the domain must have no device attached. */
+  destroy(): void {
+    const slots = this.attachedSlots();
+    if (slots.length > 0) {
+      throw new DmaError('EBUSY', `${this.name}: cannot be freed while ${slots.length} device(s) are attached`);
+    }
+    this.pt?.destroy();
+    this.s.domains.release(this.id);
+  }
+
+  toString(): string {
+    return `${this.name} (${this.type})`;
+  }
+}
+

@@ -1,0 +1,109 @@
+/**
+ * The IOMMU: owns the page-table pool, the context table (requester ID → domain), the domain
+ * table, the invalidation queues, the device epochs and the fault ring, all in shared memory.
+ * Created once per machine on the main thread; every other thread attaches by its handle.
+ *
+ * enabled: false models a machine without an IOMMU (or with it off): devices' DMA addresses are
+ * physical addresses and no context entry is consulted.
+ */
+import { DmaError } from '../errors.js';
+import { TablePool } from './table-pool.js';
+import { ContextTable } from './context-table.js';
+import { DomainTable, MAX_DEVICE_SLOTS, type DomainType } from './domain-table.js';
+import { Invalidation } from './invalidation.js';
+import { DeviceEpochs } from './device-epoch.js';
+import { FaultRing, type FaultRecord } from './fault-ring.js';
+import { Domain, type DomainOptions } from './domain.js';
+import type { IommuHandle } from './iommu-handle.js';
+
+export interface IommuOptions {
+  enabled?: boolean;
+  /** Page-table pages (2 KiB each) shared by all domains. */
+  tables?: number;
+  /** Domain slots. */
+  domains?: number;
+  /** Fault ring records. */
+  faultRing?: number;
+}
+
+export class Iommu {
+  readonly handle: IommuHandle;
+  readonly enabled: boolean;
+  readonly pool: TablePool;
+  readonly contexts: ContextTable;
+  readonly domainTable: DomainTable;
+  readonly epochs: DeviceEpochs;
+  readonly faultRing: FaultRing;
+  private readonly live = new Map<number, Domain>();
+
+  static create(options: IommuOptions = {}): Iommu {
+    const { enabled = true, tables = 4096, domains = 256, faultRing = 4096 } = options;
+    for (const [k, v, max] of [['tables', tables, 1 << 20], ['domains', domains, 4096]] as const) {
+      if (!Number.isSafeInteger(v) || v < 2 || v > max) {
+        throw new DmaError('EINVAL', `iommu.${k} = ${String(v)}: must be an integer in [2, ${max}]`);
+      }
+    }
+    return new Iommu({
+      enabled,
+      pool: TablePool.create(tables).handle,
+      contexts: ContextTable.create().handle,
+      domains: DomainTable.create(domains).handle,
+      invalidation: Invalidation.create(domains).handle,
+      epochs: DeviceEpochs.create(MAX_DEVICE_SLOTS).handle,
+      faults: FaultRing.create(faultRing).handle,
+    });
+  }
+
+  static attach(handle: IommuHandle): Iommu {
+    return new Iommu(handle);
+  }
+
+  private constructor(handle: IommuHandle) {
+    this.handle = handle;
+    this.enabled = handle.enabled;
+    this.pool = TablePool.attach(handle.pool);
+    this.contexts = ContextTable.attach(handle.contexts);
+    this.domainTable = DomainTable.attach(handle.domains);
+    this.epochs = DeviceEpochs.attach(handle.epochs);
+    this.faultRing = FaultRing.attach(handle.faults);
+  }
+
+  createDomain(type: DomainType = 'dma', options: DomainOptions = {}): Domain {
+    const d = Domain.create(this.handle, type, options);
+    this.live.set(d.id, d);
+    return d;
+  }
+
+  domain(id: number): Domain | undefined {
+    return this.live.get(id);
+  }
+
+  /** Points requester ID `rid` (device slot `slot`) at `domain`; a previous domain is left first. */
+  attachDevice(rid: number, slot: number, domain: Domain): void {
+    const old = this.contexts.domainOf(rid);
+    if (old === domain.id) return;
+    if (old >= 0) this.detachDevice(rid, slot);
+    this.domainTable.attachDevice(domain.id, slot);
+    this.contexts.set(rid, domain.id);
+  }
+
+  /** Removes the context entry; returns once the device cannot use the old domain's IOTLB entries. */
+  detachDevice(rid: number, slot: number): void {
+    const old = this.contexts.domainOf(rid);
+    if (old < 0) return;
+    this.contexts.clear(rid);
+    const d = this.live.get(old) ?? null;
+    if (d) d.flushIotlbAll();
+    this.domainTable.detachDevice(old, slot);
+  }
+
+  destroyDomain(domain: Domain): void {
+    domain.destroy();
+    this.live.delete(domain.id);
+  }
+
+  /** Drains the fault ring. */
+  drainFaults(): FaultRecord[] {
+    return this.faultRing.drain();
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * Machine and device configuration: the schema, its defaults, and errors that name the field.
+ */
+import { z } from 'zod';
+import { DmaError } from './errors.js';
+import { DEFAULT_RAM } from './memory/guest-ram.js';
+import { MODEL_NAMES } from './device/device-model.js';
+
+const pow2 = (min: number, max: number) =>
+  z
+    .number()
+    .int()
+    .min(min)
+    .max(max)
+    .refine((n) => (n & (n - 1)) === 0, { message: `must be a power of two in [${min}, ${max}]` });
+
+export const machineConfigSchema = z
+  .object({
+    ram: z
+      .array(z.object({ base: z.number().int().nonnegative(), size: z.number().int().positive() }).strict())
+      .min(1)
+      .default(() => DEFAULT_RAM.map((r) => ({ ...r }))),
+    iommu: z
+      .object({
+        enabled: z.boolean().default(true),
+        invalidation: z.enum(['strict', 'lazy']).default('strict'),
+        /** Lazy mode: flush the flush queue at least this often, in ms (0 = only when full or asked). */
+        flushTimeoutMs: z.number().nonnegative().default(10),
+        flushQueueSize: z.number().int().min(1).max(65536).default(256),
+        /** Page-table pages (2 KiB each) shared by all domains. */
+        tables: z.number().int().min(2).max(1 << 20).default(4096),
+        faultRing: z.number().int().min(1).max(1 << 20).default(4096),
+      })
+      .strict()
+      .prefault({}),
+    swiotlb: z
+      .object({ size: z.number().int().positive() })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+export const deviceConfigSchema = z
+  .object({
+    bdf: z.string(),
+    model: z.enum(MODEL_NAMES).default('copy-engine'),
+    /** Address bits the device can drive (Linux: dma_set_mask(dev, DMA_BIT_MASK(n))). */
+    dmaMask: z.number().int().min(12).max(64).default(64),
+    queueDepth: pow2(2, 4096).default(64),
+    /** PCIe Max_Payload_Size. */
+    maxPayload: pow2(128, 4096).default(256),
+    iotlbEntries: pow2(1, 65536).default(64),
+  })
+  .strict();
+
+export type MachineConfig = z.input<typeof machineConfigSchema>;
+export type ResolvedMachineConfig = z.output<typeof machineConfigSchema>;
+export type DeviceConfig = z.input<typeof deviceConfigSchema>;
+export type ResolvedDeviceConfig = z.output<typeof deviceConfigSchema>;
+
+/** Parses with `schema`; the first problem becomes a DmaError('EINVAL') naming its field. */
+export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, root: string): z.output<S> {
+  const r = schema.safeParse(value ?? {});
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  const path = [root, ...issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))].join('').replace(/\.\[/g, '[');
+  const got = issue.path.reduce<unknown>((v, k) => (v && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k as PropertyKey] : undefined), value);
+  const shown = got === undefined ? '' : ` (got ${JSON.stringify(got)})`;
+  throw new DmaError('EINVAL', `${path}: ${issue.message}${shown}`);
+}

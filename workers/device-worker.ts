@@ -1,0 +1,216 @@
+/**
+ * The device worker: one worker thread per emulated device.
+ *
+ * Control plane (comlink, src/control-plane.ts): start(config) and info(). Everything else is
+ * shared memory: the driver rings the doorbell (SQ_TAIL), the device fetches descriptors from
+ * the submission ring in guest RAM by DMA, executes them through its DmaEngine, writes
+ * completions into the completion ring by DMA, publishes CQ_TAIL and notifies the driver only
+ * if it waits. While idle it sleeps in Atomics.wait on SQ_TAIL; it leaves its loop briefly
+ * (setImmediate) when the driver flags a pending control message (CTRL) or every IDLE_SLICE_MS,
+ * so comlink messages are served without putting messages on the data path.
+ */
+import { exposeToParent } from '../src/control-plane.js';
+import { DmaEngine, RunList, type DmaEngineConfig } from '../src/device/dma-engine.js';
+import {
+  DeviceControl,
+  type DeviceControlHandle,
+  SQ_TAIL,
+  SQ_HEAD,
+  CQ_TAIL,
+  CQ_HEAD,
+  DEV_SLEEPING,
+  DRV_WAITING,
+  STOP,
+  STATE,
+  CTRL,
+  POLL,
+  STATE_RUNNING,
+  STATE_STOPPED,
+  STATE_FAILED,
+} from '../src/device/device-control.js';
+import {
+  SQE_SIZE,
+  CQE_SIZE,
+  type CompletionEntry,
+  type Descriptor,
+  decodeDescriptor,
+  encodeCompletion,
+} from '../src/device/rings.js';
+import type { DeviceModel, ModelName } from '../src/device/device-model.js';
+import { MODELS } from './models/index.js';
+
+export interface DeviceWorkerConfig {
+  name: string;
+  model: ModelName;
+  dmaMaskBits: number;
+  engine: DmaEngineConfig;
+  control: DeviceControlHandle;
+  /** DMA addresses and depths of the rings, as the driver programmed them. */
+  sq: { dma: number; depth: number };
+  cq: { dma: number; depth: number };
+}
+
+export interface DeviceWorkerApi {
+  start(config: DeviceWorkerConfig): void;
+  info(): { name: string; model: string; state: number; error: string | null };
+}
+
+const IDLE_SLICE_MS = 100;
+
+class DeviceRunner {
+  private readonly control: DeviceControl;
+  private readonly ctl: Int32Array;
+  private readonly engine: DmaEngine;
+  private readonly model: DeviceModel;
+  private readonly runs = new RunList();
+  private readonly sqe = new Uint8Array(SQE_SIZE);
+  private readonly sqeView = new DataView(this.sqe.buffer);
+  private readonly cqe = new Uint8Array(CQE_SIZE);
+  private readonly cqeView = new DataView(this.cqe.buffer);
+  private readonly desc: Descriptor = { src: 0, dst: 0, len: 0, flags: 0, id: 0 };
+  private readonly comp: CompletionEntry = { id: 0, status: 0, bytes: 0, faultReason: 0, faultAddr: 0, faultWrite: false };
+  private sqHead = 0;
+  private cqTail = 0;
+  error: string | null = null;
+
+  constructor(readonly cfg: DeviceWorkerConfig) {
+    this.control = DeviceControl.attach(cfg.control);
+    this.ctl = this.control.ctl;
+    this.engine = new DmaEngine(cfg.engine);
+    const factory = MODELS[cfg.model];
+    if (!factory) throw new Error(`unknown device model ${cfg.model}`);
+    this.model = factory({ engine: this.engine, dmaMaskBits: cfg.dmaMaskBits });
+    this.sqHead = Atomics.load(this.ctl, SQ_HEAD);
+    this.cqTail = Atomics.load(this.ctl, CQ_TAIL);
+  }
+
+  run(): void {
+    Atomics.store(this.ctl, STATE, STATE_RUNNING);
+    Atomics.notify(this.ctl, STATE);
+    setImmediate(this.loop);
+  }
+
+  state(): number {
+    return Atomics.load(this.ctl, STATE);
+  }
+
+  /** The data loop; returns to the event loop only to let control messages in. */
+  loop = (): void => {
+    const ctl = this.ctl;
+    try {
+      for (;;) {
+        if (Atomics.load(ctl, STOP) !== 0) return this.finish(STATE_STOPPED);
+        if (Atomics.load(ctl, CTRL) !== 0) {
+          Atomics.store(ctl, CTRL, 0);
+          setImmediate(this.loop);
+          return;
+        }
+        const tail = Atomics.load(ctl, SQ_TAIL);
+        if (tail === this.sqHead) {
+          if (Atomics.load(ctl, POLL) !== 0) continue; // benchmark mode: poll the doorbell
+          // ORDERING: DEV_SLEEPING is raised before SQ_TAIL is re-read (see device-control.ts).
+          Atomics.store(ctl, DEV_SLEEPING, 1);
+          let r: string = 'not-equal';
+          if (Atomics.load(ctl, SQ_TAIL) === tail && Atomics.load(ctl, STOP) === 0 && Atomics.load(ctl, CTRL) === 0) {
+            r = Atomics.wait(ctl, SQ_TAIL, tail, IDLE_SLICE_MS);
+          }
+          Atomics.store(ctl, DEV_SLEEPING, 0);
+          if (r === 'timed-out') {
+            setImmediate(this.loop);
+            return;
+          }
+          continue;
+        }
+        while (this.sqHead !== tail) {
+          if (!this.waitForCompletionSpace()) return this.finish(STATE_STOPPED);
+          if (!this.step()) return this.finish(STATE_FAILED);
+        }
+      }
+    } catch (e) {
+      this.error = e instanceof Error ? `${e.message}\n${e.stack ?? ''}` : String(e);
+      this.finish(STATE_FAILED);
+      throw e;
+    }
+  };
+
+  /** One descriptor: fetch by DMA, execute, complete by DMA. False if the device must stop. */
+  private step(): boolean {
+    const e = this.engine;
+    const { sq, cq } = this.cfg;
+    e.begin();
+    try {
+      if (!e.translate(sq.dma + (this.sqHead % sq.depth) * SQE_SIZE, SQE_SIZE, false, this.runs)) {
+        this.error = `${this.cfg.name}: cannot fetch descriptor ${this.sqHead} from the submission ring at ${hexs(sq.dma)}: DMA fault (${faultText(e)})`;
+        return false;
+      }
+      e.readRuns(this.runs, this.sqe);
+      decodeDescriptor(this.sqeView, 0, this.desc);
+      this.model.process(this.desc, this.comp);
+      encodeCompletion(this.cqeView, 0, this.comp);
+      if (!e.translate(cq.dma + (this.cqTail % cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
+        this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(cq.dma)}: DMA fault (${faultText(e)})`;
+        return false;
+      }
+      e.writeRuns(this.runs, this.cqe);
+    } finally {
+      e.end();
+    }
+    this.control.stats.set(e.counts);
+    this.sqHead = (this.sqHead + 1) | 0;
+    this.cqTail = (this.cqTail + 1) | 0;
+    const ctl = this.ctl;
+    Atomics.store(ctl, SQ_HEAD, this.sqHead);
+    // ORDERING: CQ_TAIL publishes the completion entry written above; DRV_WAITING is read after
+    // it (Dekker with the driver's DRV_WAITING store then CQ_TAIL load).
+    Atomics.store(ctl, CQ_TAIL, this.cqTail);
+    if (Atomics.load(ctl, DRV_WAITING) !== 0) Atomics.notify(ctl, CQ_TAIL);
+    return true;
+  }
+
+  /** The driver keeps at most `depth` descriptors outstanding, so this rarely waits. */
+  private waitForCompletionSpace(): boolean {
+    const ctl = this.ctl;
+    for (;;) {
+      const head = Atomics.load(ctl, CQ_HEAD);
+      if (((this.cqTail - head) | 0) < this.cfg.cq.depth) return true;
+      if (Atomics.load(ctl, STOP) !== 0) return false;
+      Atomics.wait(ctl, CQ_HEAD, head, 10);
+    }
+  }
+
+  private finish(state: number): void {
+    this.control.stats.set(this.engine.counts);
+    Atomics.store(this.ctl, STATE, state);
+    Atomics.notify(this.ctl, STATE);
+    // Wake a driver waiting for completions so it notices the state change.
+    Atomics.notify(this.ctl, CQ_TAIL);
+  }
+}
+
+function hexs(n: number): string {
+  return '0x' + n.toString(16);
+}
+
+function faultText(e: DmaEngine): string {
+  return `${['not-present', 'permission', 'out-of-range', 'no-context'][e.faultReason]} at ${hexs(e.faultAddr)}`;
+}
+
+let runner: DeviceRunner | null = null;
+
+const api: DeviceWorkerApi = {
+  start(config) {
+    if (runner) throw new Error(`${config.name}: already started`);
+    runner = new DeviceRunner(config);
+    runner.run();
+  },
+  info() {
+    return {
+      name: runner?.cfg.name ?? '',
+      model: runner?.cfg.model ?? '',
+      state: runner ? runner.state() : 0,
+      error: runner?.error ?? null,
+    };
+  },
+};
+
+exposeToParent(api);
