@@ -1,0 +1,19 @@
+/** Helpers shared by the machine tests. */
+export function pattern(len: number, seed: number): Uint8Array {
+  const out = new Uint8Array(len);
+  let x = seed * 2654435761 + 1;
+  for (let i = 0; i < len; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    out[i] = x >>> 24;
+  }
+  return out;
+}
+
+export function same(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+}
+
+export function allBytes(a: Uint8Array, v: number): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] !== v) return false;
+  return true;
+}
