@@ -95,6 +95,16 @@ export class DeviceControl {
     return Atomics.load(this.ctl, STATE);
   }
 
+  /** Whether the device sleeps on its doorbell right now. */
+  sleeping(): boolean {
+    return Atomics.load(this.ctl, DEV_SLEEPING) !== 0;
+  }
+
+  setPolling(on: boolean): void {
+    Atomics.store(this.ctl, POLL, on ? 1 : 0);
+    this.ring();
+  }
+
   /** Rings the doorbell: wakes the device if (and only if) it sleeps. */
   ring(): void {
     // ORDERING: called after the store that publishes work (SQ_TAIL, STOP or CTRL).

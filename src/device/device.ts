@@ -203,6 +203,40 @@ export class Device {
     return done;
   }
 
+  /**
+   * Polled submission (as blk-mq's polled I/O): queues one descriptor and busy-polls the
+   * completion ring on this thread until it completes. Opt-in, for latency measurements; the
+   * default submit() sleeps instead. Needs an idle queue ('EBUSY' otherwise).
+   */
+  submitPolled(src: number, dst: number, len: number, flags = 0, timeoutMs = 5000): Completion {
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
+    if (this.pending.size > 0) throw new DmaError('EBUSY', `device ${this.bdf}: submitPolled needs an idle queue (${this.pending.size} descriptors in flight)`);
+    let result: Completion | null = null;
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    this.pending.set(id, { resolve: (c) => (result = c), reject: () => undefined });
+    encodeDescriptor(this.sqView, (this.sqTail % this.queueDepth) * SQE_SIZE, { src, dst, len, flags, id });
+    this.sqTail = (this.sqTail + 1) | 0;
+    Atomics.store(this.ctl, SQ_TAIL, this.sqTail);
+    this.control.ring();
+    const deadline = performance.now() + timeoutMs;
+    // ORDERING: each CQ_TAIL load pairs with the device's publishing store.
+    while (Atomics.load(this.ctl, CQ_TAIL) === this.cqHead) {
+      if (performance.now() > deadline || Atomics.load(this.ctl, STATE) !== STATE_RUNNING) {
+        this.pending.delete(id);
+        throw new DmaError('EIO', `device ${this.bdf}: no completion within ${timeoutMs} ms (state ${Atomics.load(this.ctl, STATE)})`);
+      }
+    }
+    this.reap();
+    return result!;
+  }
+
+  /** Device-side doorbell polling instead of sleeping (benchmarks; costs a core while idle). */
+  setDoorbellPolling(on: boolean): void {
+    this.control.setPolling(on);
+  }
+
   /** The device's counters (bytes, transfers, IOTLB hits/misses, faults, stale accesses...). */
   counters(): DeviceCounters {
     return this.control.counters();
