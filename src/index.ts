@@ -20,3 +20,5 @@ export type { DomainType } from './iommu/domain-table.js';
 export type { Iommu } from './iommu/iommu.js';
 export { IOMMU_READ, IOMMU_WRITE } from './iommu/page-table.js';
 export type { FaultReason, FaultAccess } from './iommu/fault-ring.js';
+export { computeIommuGroups, parseLspci, parseTopology, auditIsolation, requesterId, dmaAliases, parseAcsOverride } from './pci/index.js';
+export type { Topology, PciFunction, PciType, IommuGroup, AcsOverride } from './pci/index.js';
