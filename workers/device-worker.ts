@@ -143,15 +143,24 @@ class DeviceRunner {
         this.error = `${this.cfg.name}: cannot fetch descriptor ${this.sqHead} from the submission ring at ${hexs(sq.dma)}: DMA fault (${faultText(e)})`;
         return false;
       }
-      e.readRuns(this.runs, this.sqe);
-      decodeDescriptor(this.sqeView, 0, this.desc);
+      const dv = e.ram.dataView;
+      if (dv !== null && this.runs.count === 1) {
+        decodeDescriptor(dv, this.runs.offs[0], this.desc); // in place: no copy, no allocation
+      } else {
+        e.readRuns(this.runs, this.sqe);
+        decodeDescriptor(this.sqeView, 0, this.desc);
+      }
       this.model.process(this.desc, this.comp);
-      encodeCompletion(this.cqeView, 0, this.comp);
       if (!e.translate(cq.dma + (this.cqTail % cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
         this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(cq.dma)}: DMA fault (${faultText(e)})`;
         return false;
       }
-      e.writeRuns(this.runs, this.cqe);
+      if (dv !== null && this.runs.count === 1) {
+        encodeCompletion(dv, this.runs.offs[0], this.comp);
+      } else {
+        encodeCompletion(this.cqeView, 0, this.comp);
+        e.writeRuns(this.runs, this.cqe);
+      }
     } finally {
       e.end();
     }

@@ -96,6 +96,13 @@ export class DmaEngine {
   private lastGen = 0;
   private lastTail = 0;
   private inTransfer = false;
+  // The IOTLB's arrays and the RAM region of the last fill, as flat fields for the miss path.
+  private readonly tlbTags: Float64Array;
+  private readonly tlbOffs: Float64Array;
+  private readonly tlbFlags: Uint8Array;
+  private regionBase = 0;
+  private regionEnd = 0;
+  private regionOffset = 0;
 
   /** Set by translate() when it fails. */
   faultAddr = 0;
@@ -118,6 +125,10 @@ export class DmaEngine {
     this.inval = Invalidation.attach(cfg.iommu.invalidation);
     this.epochs = DeviceEpochs.attach(cfg.iommu.epochs);
     this.faults = FaultRing.attach(cfg.iommu.faults);
+    this.tlbTags = this.iotlb.tags;
+    this.tlbOffs = this.iotlb.offs;
+    this.tlbFlags = this.iotlb.flags;
+    if (PTE_READ >>> 2 !== IOTLB_READ || PTE_WRITE >>> 2 !== IOTLB_WRITE) throw new Error('PTE and IOTLB permission bits disagree');
   }
 
   /** Starts a transfer: enter the epoch, then see the current context and invalidations. */
@@ -163,15 +174,13 @@ export class DmaEngine {
   translate(addr: number, len: number, write: boolean, out: RunList): boolean {
     out.reset();
     if (len === 0) return true;
-    const c = this.counts;
-    const mp = this.maxPayload;
     if (!this.enabled || this.domainType === DOMAIN_IDENTITY) {
       // No translation: the DMA address is the physical address.
       if (this.enabled && this.domain < 0) return this.fault(addr, write, REASON_NO_CONTEXT);
       const off = this.ram.offsetOf(addr, len);
       if (off >= 0 && this.ram.size <= 2 ** 32) {
         out.push(off, len);
-        c[STAT.tlps] += tlpCount(addr, len, mp);
+        this.counts[STAT.tlps] += tlpCount(addr, len, this.maxPayload);
         return true;
       }
       return this.translateFlat(addr, len, write, out);
@@ -186,57 +195,84 @@ export class DmaEngine {
     const flags = tlb.flags;
     const mask = tlb.mask;
     const need = write ? IOTLB_WRITE : IOTLB_READ;
-    const end = addr + len;
-    let a = addr;
-    let hits = 0;
+    const firstPage = Math.floor(addr / PAGE);
+    const lastPage = Math.floor((addr + len - 1) / PAGE);
+    const oo = out.offs;
+    const ol = out.lens;
+    let inPage = addr - firstPage * PAGE;
+    let left = len;
+    let cnt = 0;
+    let runEnd = -1;
     let misses = 0;
     let stale = 0;
-    let tlps = 0;
-    while (a < end) {
-      const page = Math.floor(a / PAGE);
-      const inPage = a - page * PAGE;
-      const n = Math.min(PAGE - inPage, end - a);
+    for (let page = firstPage; page <= lastPage; page++) {
+      const n = left < PAGE - inPage ? left : PAGE - inPage;
       let i = page & mask;
-      let off: number;
-      let f: number;
-      if (tags[i] === page) {
-        hits++;
-        f = flags[i];
-        off = offs[i];
-        if ((f & IOTLB_STALE) !== 0) stale++;
-      } else {
+      if (tags[i] !== page) {
         misses++;
-        const pte = walk(this.entries, this.root, page * PAGE);
-        if (pte === 0) {
-          this.flushCounts(hits, misses, stale, 0);
-          return this.fault(a, write, REASON_NOT_PRESENT);
-        }
-        f = ((pte & PTE_READ) !== 0 ? IOTLB_READ : 0) | ((pte & PTE_WRITE) !== 0 ? IOTLB_WRITE : 0);
-        off = this.ram.offsetOf((pte >>> 4) * PAGE, PAGE);
-        i = tlb.insert(page, off, f);
+        i = this.fill(page, i);
+        if (i < 0) return this.abort(page - firstPage, misses, stale, page === firstPage ? addr : page * PAGE, write, REASON_NOT_PRESENT);
       }
-      if ((f & need) === 0) {
-        this.flushCounts(hits, misses, stale, 0);
-        return this.fault(a, write, REASON_PERMISSION);
+      const f = flags[i];
+      const off = offs[i];
+      if ((f & need) === 0) return this.abort(page - firstPage + 1, misses, stale, page === firstPage ? addr : page * PAGE, write, REASON_PERMISSION);
+      if (off < 0) return this.abort(page - firstPage + 1, misses, stale, page === firstPage ? addr : page * PAGE, write, REASON_OUT_OF_RANGE);
+      stale += (f >>> 2) & 1; // IOTLB_STALE
+      const o = off + inPage;
+      // Merge with the previous piece when contiguous, but never across a 1 GiB RAM window.
+      if (o === runEnd && (o & 0x3fffffff) !== 0) {
+        ol[cnt - 1] += n;
+      } else {
+        oo[cnt] = o;
+        ol[cnt] = n;
+        cnt++;
       }
-      if (off < 0) {
-        this.flushCounts(hits, misses, stale, 0);
-        return this.fault(a, write, REASON_OUT_OF_RANGE);
-      }
-      out.push(off + inPage, n);
-      tlps += n <= mp ? 1 : Math.ceil(n / mp);
-      a += n;
+      runEnd = o + n;
+      left -= n;
+      inPage = 0;
     }
-    this.flushCounts(hits, misses, stale, tlps);
+    out.count = cnt;
+    const c = this.counts;
+    c[STAT.iotlbHits] += lastPage - firstPage + 1 - misses;
+    c[STAT.iotlbMisses] += misses;
+    c[STAT.staleAccesses] += stale;
+    c[STAT.tlps] += tlpCount(addr, len, this.maxPayload);
     return true;
   }
 
-  private flushCounts(hits: number, misses: number, stale: number, tlps: number): void {
+  /** IOTLB miss: walks the page table and fills entry i; returns i, or -1 when not present. */
+  private fill(page: number, i: number): number {
+    const pte = walk(this.entries, this.root, page * PAGE);
+    if (pte === 0) return -1;
+    const pa = (pte >>> 4) * PAGE;
+    // The region of the last fill first: pages of one buffer share a region.
+    const off = pa >= this.regionBase && pa < this.regionEnd ? this.regionOffset + (pa - this.regionBase) : this.pageOffset(pa);
+    this.tlbTags[i] = page;
+    this.tlbOffs[i] = off;
+    this.tlbFlags[i] = (pte >>> 2) & 3; // PTE_READ/PTE_WRITE are IOTLB_READ/IOTLB_WRITE shifted by 2
+    return i;
+  }
+
+  /** Counts what a failed translation looked up, then records its fault. */
+  private abort(looked: number, misses: number, stale: number, addr: number, write: boolean, reason: number): false {
     const c = this.counts;
-    c[STAT.iotlbHits] += hits;
+    c[STAT.iotlbHits] += looked - misses;
     c[STAT.iotlbMisses] += misses;
     c[STAT.staleAccesses] += stale;
-    c[STAT.tlps] += tlps;
+    return this.fault(addr, write, reason);
+  }
+
+  /** RAM-buffer offset of the page at pa, or -1 when it is not RAM; remembers the region. */
+  private pageOffset(pa: number): number {
+    for (const x of this.ram.regions) {
+      if (pa >= x.base && pa + PAGE <= x.base + x.size) {
+        this.regionBase = x.base;
+        this.regionEnd = x.base + x.size;
+        this.regionOffset = x.offset;
+        return x.offset + (pa - x.base);
+      }
+    }
+    return -1;
   }
 
   /** Untranslated range that spans regions or windows: page by page. */

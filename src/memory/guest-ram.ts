@@ -98,6 +98,11 @@ export class GuestRam {
   private readonly windows: Uint8Array[];
   private readonly single: Uint8Array | null;
   private readonly frames: FrameAllocator;
+  /**
+   * A DataView over all of RAM when it fits one typed array (null for windowed RAM), indexed by
+   * buffer offset: lets a device read and write small ring entries in place, without a copy.
+   */
+  readonly dataView: DataView | null;
   // Per-thread scratch (non-shared, so copies inside it are plain memmoves at any alignment).
   private scratch = new Uint8Array(0);
 
@@ -125,9 +130,11 @@ export class GuestRam {
     this.size = handle.sab.byteLength;
     if (this.size <= 2 ** 32) {
       this.single = new Uint8Array(handle.sab);
+      this.dataView = this.size < 2 ** 31 ? new DataView(handle.sab) : null;
       this.windows = [this.single];
     } else {
       this.single = null;
+      this.dataView = null;
       this.windows = [];
       for (let off = 0; off < this.size; off += WINDOW_SIZE) {
         this.windows.push(new Uint8Array(handle.sab, off, Math.min(WINDOW_SIZE, this.size - off)));
