@@ -243,3 +243,22 @@ describe('lifecycle', () => {
     expect(info).toMatchObject({ name: '0000:00:03.0', model: 'copy-engine', state: 1, error: null });
   });
 });
+
+describe('RAM larger than a typed array can address', () => {
+  for (const enabled of [true, false]) {
+    it(`moves a transfer across a 1 GiB window boundary (IOMMU ${enabled ? 'on' : 'off'})`, async () => {
+      // 5 GiB of guest RAM: the host commits only the pages that are touched.
+      const m = await machine({ ram: [{ base: 0, size: 5 * GiB }], iommu: { enabled } });
+      const dev = await m.addDevice({ bdf: '00:03.0' });
+      const a = m.ram.alloc(8192, { above: GiB - 4096 }); // straddles the first window edge
+      const b = m.ram.alloc(8192, { above: 4 * GiB + 100 * MiB });
+      expect(a.pa).toBe(GiB - 4096);
+      const data = pattern(8192, 11);
+      m.ram.write(a.pa, data);
+      const src = m.dma.mapSingle(dev, a.pa, 8192, 'to-device');
+      const dst = m.dma.mapSingle(dev, b.pa, 8192, 'from-device');
+      await dev.copy({ src: dmaAddr(src.addr + 5), dst: dmaAddr(dst.addr + 1), len: 8000 });
+      expect(same(m.ram.read(b.pa + 1, 8000), data.subarray(5, 8005))).toBe(true);
+    });
+  }
+});
