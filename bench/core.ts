@@ -6,6 +6,9 @@
  *                               translation, copies), as a throughput ratio of one raw contiguous
  *                               64 KiB copyWithin                                   goal ≥ 0.75
  *   sg64k-contiguous-vs-memcpy  the same over physically contiguous pages (merged)  goal ≥ 0.90
+ *   …-vs-memmove                both again against one raw wasm memory.copy, the real limit:
+ *                               guest RAM is a shared wasm memory and the DMA engine copies with
+ *                               memory.copy, which is ~4× copyWithin on shared memory
  *   iotlb-hit-ns                translation of one page on an IOTLB hit              goal ≤ 5 ns
  *   walk-ns                     translation of one page that misses: a 4-level walk  goal ≤ 12 ns
  *   misaligned-4k-gbps          a 4 KiB copy whose source and destination are not 8-byte aligned
@@ -25,6 +28,7 @@ import { IOMMU_READ, IOMMU_WRITE } from '../src/iommu/page-table.js';
 import { DmaEngine, RunList } from '../src/device/dma-engine.js';
 import { Machine } from '../src/machine.js';
 import { dmaAddr, type Iova, type Pa, MiB, GiB } from '../src/addresses.js';
+import { memmoveFor } from '../src/memory/wasm-memmove.js';
 import type { Figure } from './figures.js';
 
 const PAGE = 4096;
@@ -106,6 +110,10 @@ export async function coreSuite(ms = 400): Promise<Figure[]> {
   };
   const rawOff = ram.offsetOf(4 * GiB + 32 * MiB, 2 * K64);
   const raw = () => u8.copyWithin(rawOff + K64, rawOff, rawOff + K64);
+  // The machine's real limit: one memmove of the same 64 KiB (wasm memory.copy on guest RAM).
+  if (!ram.handle.memory) throw new Error('bench RAM is expected to be a wasm memory');
+  const mm = memmoveFor(ram.handle.memory);
+  const rawMemmove = () => mm.copy(rawOff + K64, rawOff, K64);
   const translateHit = () => {
     engine.begin();
     engine.translate(0x5000000, 256 * PAGE, false, src);
@@ -123,6 +131,8 @@ export async function coreSuite(ms = 400): Promise<Figure[]> {
   // Interleaved rounds: the figure is the median of the per-round ratios.
   const ratiosScattered: number[] = [];
   const ratiosContig: number[] = [];
+  const mmScattered: number[] = [];
+  const mmContig: number[] = [];
   const hit: number[] = [];
   const miss: number[] = [];
   const mis: number[] = [];
@@ -131,6 +141,7 @@ export async function coreSuite(ms = 400): Promise<Figure[]> {
     const t = await timeNs(
       {
         raw,
+        rawMemmove,
         scattered: copy(0x1000000, 0x2000000),
         contiguous: copy(0x3000000, 0x4000000),
         translateHit,
@@ -142,14 +153,18 @@ export async function coreSuite(ms = 400): Promise<Figure[]> {
     );
     ratiosScattered.push(t.raw / t.scattered);
     ratiosContig.push(t.raw / t.contiguous);
+    mmScattered.push(t.rawMemmove / t.scattered);
+    mmContig.push(t.rawMemmove / t.contiguous);
     hit.push(t.translateHit / 256);
     miss.push(t.translateMiss / 256);
     mis.push(PAGE / t.misaligned);
     rawMis.push(PAGE / t.rawMisaligned);
   }
   const figures: Figure[] = [
-    { id: 'sg64k-scattered-vs-memcpy', value: median(ratiosScattered), unit: '×memcpy', goal: { op: '>=', value: 0.75 } },
-    { id: 'sg64k-contiguous-vs-memcpy', value: median(ratiosContig), unit: '×memcpy', goal: { op: '>=', value: 0.9 } },
+    { id: 'sg64k-scattered-vs-memcpy', value: median(ratiosScattered), unit: '×copyWithin', goal: { op: '>=', value: 0.75 }, note: 'baseline: one contiguous 64 KiB copyWithin' },
+    { id: 'sg64k-contiguous-vs-memcpy', value: median(ratiosContig), unit: '×copyWithin', goal: { op: '>=', value: 0.9 }, note: 'baseline: one contiguous 64 KiB copyWithin' },
+    { id: 'sg64k-scattered-vs-memmove', value: median(mmScattered), unit: '×memmove', goal: { op: '>=', value: 0.75 }, note: 'baseline: one contiguous 64 KiB wasm memory.copy (the real limit)' },
+    { id: 'sg64k-contiguous-vs-memmove', value: median(mmContig), unit: '×memmove', goal: { op: '>=', value: 0.9 }, note: 'baseline: one contiguous 64 KiB wasm memory.copy (the real limit)' },
     { id: 'iotlb-hit-ns', value: median(hit), unit: 'ns', goal: { op: '<=', value: 5 } },
     { id: 'walk-ns', value: median(miss), unit: 'ns', goal: { op: '<=', value: 12 } },
     {

@@ -140,22 +140,31 @@ describe('RAM copies', () => {
     buf.set(tmp, dst);
   };
 
-  it('copies like memmove at every relative alignment, overlapping or not', () => {
-    const ram = GuestRam.create([{ base: 0, size: 2 * MiB }]);
-    fc.assert(
-      fc.property(fc.nat({ max: 1 << 20 }), fc.nat({ max: 1 << 20 }), fc.integer({ min: 1, max: 600 * 1024 }), fc.nat(), (src, dst, len, seed) => {
-        const init = new Uint8Array(2 * MiB);
-        for (let i = 0; i < init.length; i += 97) init[i] = (i * 31 + seed) & 255;
-        ram.write(0, init);
-        const model = init.slice();
-        ram.copy(dst, src, len);
-        ref(model, dst, src, len);
-        const got = ram.read(0, 2 * MiB);
-        expect(Buffer.compare(Buffer.from(got), Buffer.from(model))).toBe(0);
-      }),
-      { numRuns: 40 },
-    );
-  });
+  for (const backing of ['wasm', 'sab'] as const) {
+    it(`copies like memmove at every relative alignment, overlapping or not (${backing} backing)`, () => {
+      const ram = GuestRam.create([{ base: 0, size: 2 * MiB }], { backing });
+      expect(ram.handle.memory !== null).toBe(backing === 'wasm');
+      fc.assert(
+        fc.property(fc.nat({ max: 1 << 20 }), fc.nat({ max: 1 << 20 }), fc.integer({ min: 1, max: 600 * 1024 }), fc.nat(), (src, dst, len, seed) => {
+          const init = new Uint8Array(2 * MiB);
+          for (let i = 0; i < init.length; i += 97) init[i] = (i * 31 + seed) & 255;
+          ram.write(0, init);
+          const model = init.slice();
+          ram.copy(dst, src, len);
+          ref(model, dst, src, len);
+          const got = ram.read(0, 2 * MiB);
+          expect(Buffer.compare(Buffer.from(got), Buffer.from(model))).toBe(0);
+        }),
+        { numRuns: 40 },
+      );
+    });
+
+    it(`fills by buffer offset (${backing} backing)`, () => {
+      const ram = GuestRam.create([{ base: 0, size: 1 * MiB }], { backing });
+      ram.fillOffset(4093, 10, 0xab);
+      expect([...ram.read(4092, 12)]).toEqual([0, ...new Array(10).fill(0xab), 0]);
+    });
+  }
 
   it('copies across the 1 GiB windows of RAM larger than 4 GiB', () => {
     // 5 GiB of shared memory: the host only commits the pages that are touched.

@@ -25,7 +25,7 @@ import { DomainTable, DOMAIN_DMA, DOMAIN_IDENTITY } from '../iommu/domain-table.
 import { Invalidation } from '../iommu/invalidation.js';
 import { DeviceEpochs } from '../iommu/device-epoch.js';
 import { FaultRing, REASON_NOT_PRESENT, REASON_PERMISSION, REASON_OUT_OF_RANGE, REASON_NO_CONTEXT } from '../iommu/fault-ring.js';
-import { Iotlb, type IotlbHandle, IOTLB_READ, IOTLB_WRITE, IOTLB_STALE } from '../iommu/iotlb.js';
+import { Iotlb, type IotlbHandle, IOTLB_READ, IOTLB_WRITE, iotlbSlot } from '../iommu/iotlb.js';
 import { STAT } from './device-control.js';
 
 export interface DmaEngineConfig {
@@ -207,7 +207,7 @@ export class DmaEngine {
     let stale = 0;
     for (let page = firstPage; page <= lastPage; page++) {
       const n = left < PAGE - inPage ? left : PAGE - inPage;
-      let i = page & mask;
+      let i = iotlbSlot(page, mask);
       if (tags[i] !== page) {
         misses++;
         i = this.fill(page, i);
@@ -328,7 +328,7 @@ export class DmaEngine {
 
   /** Fills the runs with one byte value. */
   fillRuns(dst: RunList, value: number): void {
-    for (let i = 0; i < dst.count; i++) this.ram.view(dst.offs[i], dst.lens[i]).fill(value);
+    for (let i = 0; i < dst.count; i++) this.ram.fillOffset(dst.offs[i], dst.lens[i], value);
   }
 
   /** Copies the runs' bytes out to a local buffer (descriptor fetch). */

@@ -1,5 +1,6 @@
 /**
- * A device's IOTLB: its cache of translations (ATS-style, one per device), direct mapped.
+ * A device's IOTLB: its cache of translations (ATS-style, one per device), direct mapped with a
+ * hashed index (iotlbSlot).
  *
  * Layout (its own SharedArrayBuffer, N entries, N a power of two):
  *   Float64 tags[N]   IOVA page number cached in the entry, -1 = empty
@@ -14,6 +15,15 @@
 export interface IotlbHandle {
   readonly sab: SharedArrayBuffer;
   readonly entries: number;
+}
+
+/**
+ * The entry a page lives in: low page bits folded with the bits above (a hashed index), so that
+ * buffers at IOVAs a power of two apart do not evict each other as a plain direct-mapped index
+ * would. The device's hot loop inlines this.
+ */
+export function iotlbSlot(page: number, mask: number): number {
+  return (page ^ (page >>> 10)) & mask;
 }
 
 export const IOTLB_READ = 1;
@@ -50,12 +60,12 @@ export class Iotlb {
 
   /** Entry index holding `page`, or -1. */
   find(page: number): number {
-    const i = page & this.mask;
+    const i = iotlbSlot(page, this.mask);
     return this.tags[i] === page ? i : -1;
   }
 
   insert(page: number, off: number, flags: number): number {
-    const i = page & this.mask;
+    const i = iotlbSlot(page, this.mask);
     this.tags[i] = page;
     this.offs[i] = off;
     this.flags[i] = flags;
@@ -68,7 +78,7 @@ export class Iotlb {
       return;
     }
     for (let p = page; p < page + npages; p++) {
-      const i = p & this.mask;
+      const i = iotlbSlot(p, this.mask);
       if (this.tags[i] === p) this.tags[i] = -1;
     }
   }
@@ -83,7 +93,7 @@ export class Iotlb {
       return;
     }
     for (let p = page; p < page + npages; p++) {
-      const i = p & this.mask;
+      const i = iotlbSlot(p, this.mask);
       if (this.tags[i] === p) this.flags[i] |= IOTLB_STALE;
     }
   }

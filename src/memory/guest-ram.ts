@@ -15,6 +15,7 @@
 import { DmaError, hex } from '../errors.js';
 import { type Pa, PAGE_SIZE, GiB, isPageAligned } from '../addresses.js';
 import { FrameAllocator, type AllocOptions, type FrameAllocatorHandle } from './frame-allocator.js';
+import { createSharedMemory, memmoveFor, WASM_MEMORY_MAX_BYTES, type Memmove } from './wasm-memmove.js';
 
 export interface RamRegionConfig {
   base: number;
@@ -30,6 +31,8 @@ export interface RamRegion {
 
 export interface GuestRamHandle {
   readonly sab: SharedArrayBuffer;
+  /** The shared wasm memory whose buffer `sab` is, when RAM fits one (≤ 4 GiB). */
+  readonly memory: WebAssembly.Memory | null;
   readonly regions: readonly RamRegion[];
   readonly frames: FrameAllocatorHandle;
 }
@@ -98,6 +101,8 @@ export class GuestRam {
   private readonly windows: Uint8Array[];
   private readonly single: Uint8Array | null;
   private readonly frames: FrameAllocator;
+  /** This thread's wasm memmove over RAM, when RAM is a wasm memory. */
+  private readonly memmove: Memmove | null;
   /**
    * A DataView over all of RAM when it fits one typed array (null for windowed RAM), indexed by
    * buffer offset: lets a device read and write small ring entries in place, without a copy.
@@ -106,7 +111,11 @@ export class GuestRam {
   // Per-thread scratch (non-shared, so copies inside it are plain memmoves at any alignment).
   private scratch = new Uint8Array(0);
 
-  static create(config: readonly RamRegionConfig[] = DEFAULT_RAM): GuestRam {
+  /**
+   * `backing: 'wasm'` (the default when RAM fits 4 GiB) puts RAM in a shared WebAssembly.Memory
+   * so that device copies are real memmoves; 'sab' keeps a plain SharedArrayBuffer.
+   */
+  static create(config: readonly RamRegionConfig[] = DEFAULT_RAM, options: { backing?: 'wasm' | 'sab' } = {}): GuestRam {
     checkRegions(config);
     const sorted = [...config].sort((a, b) => a.base - b.base);
     let offset = 0;
@@ -115,9 +124,11 @@ export class GuestRam {
       offset += r.size;
       return region;
     });
-    const sab = new SharedArrayBuffer(offset);
+    const wasm = (options.backing ?? 'wasm') === 'wasm' && offset <= WASM_MEMORY_MAX_BYTES;
+    const memory = wasm ? createSharedMemory(offset) : null;
+    const sab = memory ? (memory.buffer as SharedArrayBuffer) : new SharedArrayBuffer(offset);
     const frames = FrameAllocator.create(regions);
-    return new GuestRam({ sab, regions, frames: frames.handle });
+    return new GuestRam({ sab, memory, regions, frames: frames.handle });
   }
 
   static attach(handle: GuestRamHandle): GuestRam {
@@ -127,7 +138,9 @@ export class GuestRam {
   private constructor(handle: GuestRamHandle) {
     this.handle = handle;
     this.regions = handle.regions;
-    this.size = handle.sab.byteLength;
+    const last = handle.regions[handle.regions.length - 1];
+    this.size = last.offset + last.size; // the buffer may be larger (wasm pages are 64 KiB)
+    this.memmove = handle.memory ? memmoveFor(handle.memory) : null;
     if (this.size <= 2 ** 32) {
       this.single = new Uint8Array(handle.sab);
       this.dataView = this.size < 2 ** 31 ? new DataView(handle.sab) : null;
@@ -204,6 +217,12 @@ export class GuestRam {
     for (const [off, len] of this.checkedSpans(pa, n, 'fill')) this.view(off, len).fill(value);
   }
 
+  /** Sets len bytes at a buffer offset to `value` (the range must lie in one window). */
+  fillOffset(offset: number, len: number, value: number): void {
+    if (this.memmove !== null) this.memmove.fill(offset, value, len);
+    else this.view(offset, len).fill(value);
+  }
+
   /** A view of [offset, offset + len) of the RAM buffer; the range must lie in one window. */
   view(offset: number, len: number): Uint8Array {
     if (this.single) return this.single.subarray(offset, offset + len);
@@ -216,12 +235,18 @@ export class GuestRam {
   }
 
   /**
-   * Copies len bytes inside the RAM buffer, by offsets, as memmove does. Copies whose source and
-   * destination are not 8-byte aligned to each other go through a non-shared scratch buffer:
-   * shared-memory copies fall back to bytes when misaligned (~3 GB/s), while the detour
-   * (aligned in, memmove inside the scratch, aligned out) keeps ~10 GB/s.
+   * Copies len bytes inside the RAM buffer, by offsets, as memmove does. RAM in a wasm memory
+   * uses wasm's memory.copy (a real memmove). Otherwise copies whose source and destination are
+   * not 8-byte aligned to each other go through a non-shared scratch buffer: shared-memory
+   * copies fall back to bytes when misaligned (~3 GB/s), while the detour (aligned in, memmove
+   * inside the scratch, aligned out) keeps ~10 GB/s.
    */
   copy(dstOff: number, srcOff: number, len: number): void {
+    const mm = this.memmove;
+    if (mm !== null) {
+      mm.copy(dstOff, srcOff, len);
+      return;
+    }
     const u8 = this.single;
     if (u8 !== null) {
       if (((dstOff - srcOff) & 7) === 0 || len < MISALIGNED_DETOUR_MIN) {
