@@ -18,12 +18,13 @@ export interface IotlbHandle {
 }
 
 /**
- * The entry a page lives in: low page bits folded with the bits above (a hashed index), so that
- * buffers at IOVAs a power of two apart do not evict each other as a plain direct-mapped index
- * would. The device's hot loop inlines this.
+ * The entry a page lives in: the page number plus a multiplicative hash of its bits above 4 MiB,
+ * so pages of one buffer take consecutive entries while buffers in different 4 MiB regions land
+ * at unrelated offsets (a plain low-bits index makes buffers a power of two apart evict each
+ * other on every transfer). The device's hot loop inlines this.
  */
 export function iotlbSlot(page: number, mask: number): number {
-  return (page ^ (page >>> 10)) & mask;
+  return (page + Math.imul(page >>> 10, 0x9e3779b1)) & mask;
 }
 
 export const IOTLB_READ = 1;

@@ -219,7 +219,7 @@ export class GuestRam {
 
   /** Sets len bytes at a buffer offset to `value` (the range must lie in one window). */
   fillOffset(offset: number, len: number, value: number): void {
-    if (this.memmove !== null) this.memmove.fill(offset, value, len);
+    if (this.memmove !== null) this.memmove.fill(offset | 0, value | 0, len | 0);
     else this.view(offset, len).fill(value);
   }
 
@@ -244,7 +244,7 @@ export class GuestRam {
   copy(dstOff: number, srcOff: number, len: number): void {
     const mm = this.memmove;
     if (mm !== null) {
-      mm.copy(dstOff, srcOff, len);
+      mm.copy(dstOff | 0, srcOff | 0, len | 0); // int32 arguments (wasm reads them unsigned) take the fast call path
       return;
     }
     const u8 = this.single;
