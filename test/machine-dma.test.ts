@@ -223,12 +223,16 @@ describe('bad input', () => {
 
 describe('lifecycle', () => {
   it('close() twice is harmless and leaves no worker running', async () => {
+    const ports = () => process.getActiveResourcesInfo().filter((r) => r === 'MessagePort').length;
+    const portsBefore = ports();
     const m = await Machine.create(small);
     const devs = [await m.addDevice({ bdf: '00:03.0' }), await m.addDevice({ bdf: '00:04.0' })];
     const before = m.stats();
     expect(before.liveMappings).toBe(4); // two rings per device
+    expect(ports()).toBeGreaterThan(portsBefore); // each device's worker holds a port open
     await m.close();
     await m.close();
+    expect(ports()).toBe(portsBefore); // every worker ended, nothing keeps the process alive
     expect(m.stats().liveMappings).toBe(0);
     expect(m.ram.pagesInUse()).toBe(0);
     expect(m.iommu.unit.pool.inUse()).toBe(0);
