@@ -19,7 +19,7 @@ import type { GuestRamHandle } from '../memory/guest-ram.js';
 import { GuestRam } from '../memory/guest-ram.js';
 import type { IommuHandle } from '../iommu/iommu-handle.js';
 import { TablePool } from '../iommu/table-pool.js';
-import { walk, PTE_READ, PTE_WRITE } from '../iommu/page-table.js';
+import { walkPage, PTE_READ, PTE_WRITE } from '../iommu/page-table.js';
 import { ContextTable } from '../iommu/context-table.js';
 import { DomainTable, DOMAIN_DMA, DOMAIN_IDENTITY } from '../iommu/domain-table.js';
 import { Invalidation } from '../iommu/invalidation.js';
@@ -242,7 +242,7 @@ export class DmaEngine {
 
   /** IOTLB miss: walks the page table and fills entry i; returns i, or -1 when not present. */
   private fill(page: number, i: number): number {
-    const pte = walk(this.entries, this.root, page * PAGE);
+    const pte = walkPage(this.entries, this.root, page);
     if (pte === 0) return -1;
     const pa = (pte >>> 4) * PAGE;
     // The region of the last fill first: pages of one buffer share a region.

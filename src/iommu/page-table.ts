@@ -122,6 +122,24 @@ export function walk(entries: Int32Array, root: number, iova: number): number {
   return (e & 3) === 3 ? e : 0;
 }
 
+/**
+ * walk() by page number: the same leaf, computed with integer shifts only when the page number
+ * fits 31 bits (IOVAs below 8 TiB, all the DMA API hands out); above that it defers to walk().
+ */
+export function walkPage(entries: Int32Array, root: number, page: number): number {
+  if (page > 0x7fffffff || page < 0) return walk(entries, root, page * 4096);
+  let e = entries[(root << 9) | (page >>> 27)];
+  if ((e & 3) !== PTE_VALID) return 0;
+  e = entries[((e >>> 4) << 9) | ((page >>> 18) & 511)];
+  if ((e & PTE_VALID) === 0) return 0;
+  if ((e & PTE_LEAF) !== 0) return e | ((page & 0x3ffff) << 4);
+  e = entries[((e >>> 4) << 9) | ((page >>> 9) & 511)];
+  if ((e & PTE_VALID) === 0) return 0;
+  if ((e & PTE_LEAF) !== 0) return e | ((page & 511) << 4);
+  e = entries[((e >>> 4) << 9) | (page & 511)];
+  return (e & 3) === 3 ? e : 0;
+}
+
 /** Index of `iova` (split as hi/lo) in a table at `level`. */
 function indexAt(level: number, hi: number, lo: number): number {
   switch (level) {
