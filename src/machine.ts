@@ -21,6 +21,7 @@ import {
   type MachineConfig,
   type DeviceConfig,
   type ResolvedMachineConfig,
+  type ResolvedDeviceConfig,
 } from './machine-config.js';
 
 export interface Fault {
@@ -75,7 +76,8 @@ interface DeviceRecord {
   dmaDev: DmaDevice;
   ringBufs: { sq: { pa: Pa; size: number }; cq: { pa: Pa; size: number } };
   ringMaps: DmaMapping[];
-  ownsDomain: boolean;
+  /** The default DMA domain the machine created for the device (destroyed at close). */
+  ownDomain: Domain | null;
 }
 
 export class Machine {
@@ -85,6 +87,8 @@ export class Machine {
   readonly config: ResolvedMachineConfig;
   private readonly unit: Iommu;
   private readonly records = new Map<string, DeviceRecord>();
+  /** Devices being started, by BDF (their address is taken). */
+  private readonly adding = new Map<string, Promise<Device>>();
   private closing: Promise<void> | null = null;
   private flushes = 0;
 
@@ -110,7 +114,7 @@ export class Machine {
           ...f,
         })),
       flush: () => dma.flush(),
-      domainOf: (dev: Device) => dev.domain,
+      domainOf: (dev: Device) => unit.domainOfRequester(dev.requesterId),
     };
   }
 
@@ -121,8 +125,18 @@ export class Machine {
     const b = parseBdf(cfg.bdf);
     if (!b) throw new DmaError('EINVAL', `device.bdf: ${JSON.stringify(cfg.bdf)} is not a PCI address (BB:DD.F or DDDD:BB:DD.F)`);
     const bdf = formatBdf(b);
-    if (this.records.has(bdf)) throw new DmaError('EEXIST', `device ${bdf}: a device is already present at that address`);
-    const requesterId = pciDevId(b.bus, devfnOf(b.slot, b.fn));
+    // Reserved before the first await, so two adds of one address cannot both proceed.
+    if (this.records.has(bdf) || this.adding.has(bdf)) throw new DmaError('EEXIST', `device ${bdf}: a device is already present at that address`);
+    const started = this.startDevice(bdf, pciDevId(b.bus, devfnOf(b.slot, b.fn)), cfg);
+    this.adding.set(bdf, started);
+    try {
+      return await started;
+    } finally {
+      this.adding.delete(bdf);
+    }
+  }
+
+  private async startDevice(bdf: string, requesterId: number, cfg: ResolvedDeviceConfig): Promise<Device> {
     const unit = this.unit;
     const slot = unit.epochs.claim();
     let domain: Domain | null = null;
@@ -136,7 +150,14 @@ export class Machine {
         unit.attachDevice(requesterId, slot, d);
         undo.push(() => unit.detachDevice(requesterId, slot));
       }
-      const dmaDev: DmaDevice = { bdf, dmaMaskBits: cfg.dmaMask, domain };
+      const resolveDomain = () => unit.domainOfRequester(requesterId);
+      const dmaDev: DmaDevice = {
+        bdf,
+        dmaMaskBits: cfg.dmaMask,
+        get domain() {
+          return resolveDomain();
+        },
+      };
       // The rings, as a driver allocates them: reachable RAM, mapped for the device.
       const below = Math.min(2 ** cfg.dmaMask, Number.MAX_SAFE_INTEGER);
       const sqBuf = this.ram.alloc(cfg.queueDepth * SQE_SIZE, { below });
@@ -158,12 +179,17 @@ export class Machine {
         maxPayload: cfg.maxPayload,
         ram: this.ram,
         iommu: unit.handle,
-        domain,
+        resolveDomain,
         iotlb: Iotlb.create(cfg.iotlbEntries).handle,
         sq,
         cq,
       });
-      this.records.set(bdf, { dev, dmaDev, ringBufs: { sq: sqBuf, cq: cqBuf }, ringMaps: [sqMap, cqMap], ownsDomain: domain !== null });
+      if (this.closing) {
+        // close() began while the worker started: it waits for this add, which takes itself back.
+        await dev.close();
+        throw new DmaError('ESHUTDOWN', `machine.addDevice: the machine was closed while device ${bdf} was starting`);
+      }
+      this.records.set(bdf, { dev, dmaDev, ringBufs: { sq: sqBuf, cq: cqBuf }, ringMaps: [sqMap, cqMap], ownDomain: domain });
       return dev;
     } catch (e) {
       for (const f of undo.reverse()) {
@@ -195,11 +221,12 @@ export class Machine {
     let flushes = this.flushes;
     for (const r of this.records.values()) {
       devices[r.dev.bdf] = r.dev.counters();
-      if (r.dev.domain) {
-        const c = r.dev.domain.invalidationCounts();
+      const d = r.ownDomain;
+      if (d) {
+        const c = d.invalidationCounts();
         strict += c.strict;
         lazy += c.lazy;
-        flushes += r.dev.domain.fq.flushes();
+        flushes += d.fq.flushes();
       }
     }
     return {
@@ -234,6 +261,8 @@ export class Machine {
   }
 
   private async shutdown(): Promise<void> {
+    // Adds in flight see `closing` and take themselves back; wait for them first.
+    await Promise.allSettled([...this.adding.values()]);
     const recs = [...this.records.values()];
     await Promise.all(recs.map((r) => r.dev.close()));
     for (const r of recs) for (const m of r.ringMaps) this.dma.unmapSingle(r.dmaDev, m);
@@ -241,11 +270,11 @@ export class Machine {
     for (const r of recs) {
       this.ram.free(r.ringBufs.sq);
       this.ram.free(r.ringBufs.cq);
-      const d = r.dev.domain;
+      this.unit.detachDevice(r.dev.requesterId, r.dev.slot);
+      const d = r.ownDomain;
       if (d) {
         this.flushes += d.fq.flushes();
-        this.unit.detachDevice(r.dev.requesterId, r.dev.slot);
-        if (r.ownsDomain) this.unit.destroyDomain(d);
+        if (d.attachedSlots().length === 0) this.unit.destroyDomain(d);
       }
       this.unit.epochs.release(r.dev.slot);
     }

@@ -121,7 +121,8 @@ class DeviceRunner {
           }
           continue;
         }
-        while (this.sqHead !== tail) {
+        // One descriptor at a time, checking STOP and CTRL between them.
+        while (this.sqHead !== tail && Atomics.load(ctl, STOP) === 0 && Atomics.load(ctl, CTRL) === 0) {
           if (!this.waitForCompletionSpace()) return this.finish(STATE_STOPPED);
           if (!this.step()) return this.finish(STATE_FAILED);
         }

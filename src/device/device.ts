@@ -16,6 +16,7 @@ import type { Domain } from '../iommu/domain.js';
 import type { IotlbHandle } from '../iommu/iotlb.js';
 import { FAULT_REASONS, type FaultAccess, type FaultReason } from '../iommu/fault-ring.js';
 import type { IommuHandle } from '../iommu/iommu-handle.js';
+import { DeviceEpochs } from '../iommu/device-epoch.js';
 import {
   DeviceControl,
   type DeviceCounters,
@@ -85,7 +86,8 @@ export interface DeviceStartParams {
   maxPayload: number;
   ram: GuestRam;
   iommu: IommuHandle;
-  domain: Domain | null;
+  /** The domain the device's requester ID is attached to now (null when nothing translates). */
+  resolveDomain: () => Domain | null;
   iotlb: IotlbHandle;
   sq: RingPlacement;
   cq: RingPlacement;
@@ -101,9 +103,11 @@ export class Device {
   readonly model: ModelName;
   readonly dmaMaskBits: number;
   readonly queueDepth: number;
-  /** The IOMMU domain the device is attached to (null when nothing translates). */
-  domain: Domain | null;
   readonly control: DeviceControl;
+  /** Whether an IOMMU sits between this device and RAM. */
+  readonly translated: boolean;
+  private readonly resolveDomain: () => Domain | null;
+  private readonly epochs: DeviceEpochs | null;
   readonly sq: RingPlacement;
   readonly cq: RingPlacement;
   readonly iotlb: IotlbHandle;
@@ -126,7 +130,9 @@ export class Device {
     this.slot = p.slot;
     this.model = p.model;
     this.dmaMaskBits = p.dmaMaskBits;
-    this.domain = p.domain;
+    this.resolveDomain = p.resolveDomain;
+    this.translated = p.iommu.enabled;
+    this.epochs = p.iommu.enabled ? DeviceEpochs.attach(p.iommu.epochs) : null;
     this.sq = p.sq;
     this.cq = p.cq;
     this.iotlb = p.iotlb;
@@ -144,6 +150,8 @@ export class Device {
     dev.worker = w;
     w.worker.on('error', (e) => dev.fail(new DmaError('EIO', `device ${dev.bdf} (${dev.model}): its worker failed: ${e.message}`, { cause: e })));
     w.worker.on('exit', (code) => {
+      // The thread is gone and can touch nothing more: a strict unmap must never wait for it.
+      dev.epochs?.markDead(dev.slot);
       if (!dev.closed) dev.fail(new DmaError('EIO', `device ${dev.bdf} (${dev.model}): its worker exited (code ${code})`));
     });
     const cfg: DeviceWorkerConfig = {
@@ -162,6 +170,11 @@ export class Device {
       throw new DmaError('EIO', `device ${p.bdf}: could not start model ${p.model}: ${(e as Error).message}`, { cause: e });
     }
     return dev;
+  }
+
+  /** The IOMMU domain the device is attached to now (null when nothing translates for it). */
+  get domain(): Domain | null {
+    return this.resolveDomain();
   }
 
   /** Device-issued DMA: copies len bytes from DMA address src to DMA address dst. */
@@ -224,7 +237,8 @@ export class Device {
     // ORDERING: each CQ_TAIL load pairs with the device's publishing store.
     while (Atomics.load(this.ctl, CQ_TAIL) === this.cqHead) {
       if (performance.now() > deadline || Atomics.load(this.ctl, STATE) !== STATE_RUNNING) {
-        this.pending.delete(id);
+        // The descriptor stays pending: the device owns it until it completes (reaped later).
+        void this.pump();
         throw new DmaError('EIO', `device ${this.bdf}: no completion within ${timeoutMs} ms (state ${Atomics.load(this.ctl, STATE)})`);
       }
     }
@@ -261,7 +275,10 @@ export class Device {
     return p;
   }
 
-  /** Stops the device and ends its worker. Outstanding descriptors complete as aborted. */
+  /**
+   * Stops the device (after the descriptor it is executing) and ends its worker. Descriptors
+   * still outstanding are rejected with EIO.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -277,6 +294,7 @@ export class Device {
       this.reap();
       w.release();
       await w.worker.terminate();
+      this.epochs?.markDead(this.slot);
     }
     this.failAll(new DmaError('EIO', `device ${this.bdf}: closed with the descriptor still outstanding`));
   }
@@ -285,10 +303,11 @@ export class Device {
     if (c.status === 'ok') return c;
     if (c.status === 'fault' && c.fault) {
       const f = c.fault;
-      throw new DmaError(
-        'EFAULT',
-        `device ${this.bdf}: DMA ${f.access} at ${hex(f.addr)} refused by the IOMMU (${f.reason}${this.domain ? `, ${this.domain.name}` : ''}); the ${op} was aborted and no byte moved`,
-      );
+      const domain = this.domain;
+      const why = this.translated
+        ? `refused by the IOMMU (${f.reason}${domain ? `, ${domain.name}` : ''})`
+        : `failed: no RAM there (${f.reason}; nothing translates for this device)`;
+      throw new DmaError('EFAULT', `device ${this.bdf}: DMA ${f.access} at ${hex(f.addr)} ${why}; the ${op} was aborted and no byte moved`);
     }
     if (c.status === 'invalid') {
       throw new DmaError('EINVAL', `device ${this.bdf}: ${op} descriptor rejected by the ${this.model} (address beyond its ${this.dmaMaskBits}-bit DMA mask, or length over ${MAX_TRANSFER})`);
@@ -339,8 +358,11 @@ export class Device {
         if (this.pending.size === 0) break;
         const state = Atomics.load(ctl, STATE);
         if (state === STATE_FAILED || state === STATE_STOPPED) {
-          const why = state === STATE_FAILED ? await this.workerError() : 'stopped';
-          this.fail(new DmaError('EIO', `device ${this.bdf} (${this.model}) ${state === STATE_FAILED ? 'failed' : 'stopped'}: ${why}`));
+          if (state === STATE_FAILED) {
+            this.fail(new DmaError('EIO', `device ${this.bdf} (${this.model}) failed: ${await this.workerError()}`));
+          } else {
+            this.fail(new DmaError('EIO', `device ${this.bdf} (${this.model}) stopped with descriptors outstanding`));
+          }
           break;
         }
         const seen = Atomics.load(ctl, CQ_TAIL);

@@ -11,9 +11,10 @@
  *                moves (so RAM is untouched)
  *   copy         the translated runs, page-contiguous runs merged into one copy
  *   end()        leave the epoch (a strict unmap waiting for this device may return)
- * Translation, permission checks and the epoch apply per page, which is also where PCIe splits
- * a transfer into TLPs (at most max-payload bytes, never across a page); TLPs are counted, but
- * the bytes of physically contiguous pages are moved by one copy.
+ * Translation and permission checks apply per page, which is also where PCIe splits a transfer
+ * into TLPs (at most max-payload bytes, never across a page); TLPs are counted, but the bytes of
+ * physically contiguous pages are moved by one copy. The epoch spans the whole descriptor
+ * (fetch, copy, completion), so a strict unmap waits at most one descriptor.
  */
 import type { GuestRamHandle } from '../memory/guest-ram.js';
 import { GuestRam } from '../memory/guest-ram.js';
@@ -91,6 +92,7 @@ export class DmaEngine {
 
   // Per-transfer state.
   private domain = -1;
+  private incarnation = 0;
   private domainType = 0;
   private root = 0;
   private lastGen = 0;
@@ -131,32 +133,49 @@ export class DmaEngine {
     if (PTE_READ >>> 2 !== IOTLB_READ || PTE_WRITE >>> 2 !== IOTLB_WRITE) throw new Error('PTE and IOTLB permission bits disagree');
   }
 
-  /** Starts a transfer: enter the epoch, then see the current context and invalidations. */
+  /**
+   * Starts a transfer: enter the epoch, then see the current context and invalidations.
+   * ORDERING: the busy mark is stored before the context and generation are loaded; after the
+   * generation is acknowledged the context is read again, and the loop repeats until it is
+   * stable. So a detach whose flush this device acknowledged (it cleared the context first) is
+   * seen before any translation, and the device never walks a domain it was detached from.
+   */
   begin(): void {
     this.inTransfer = true;
     if (!this.enabled) return;
     this.epochs.enter(this.slot, this.lastGen);
-    const d = this.contexts.domainOf(this.requesterId);
-    if (d !== this.domain) {
-      // A new context: nothing cached belongs to it.
-      this.iotlb.flushAll();
-      this.domain = d;
-      if (d >= 0) {
-        this.lastGen = this.inval.gen(d);
-        this.lastTail = this.inval.tail(d);
-        this.domainType = this.domains.typeCode(d);
-        this.root = this.domains.root(d);
-        this.epochs.advance(this.slot, this.lastGen);
+    for (;;) {
+      const d = this.contexts.domainOf(this.requesterId);
+      if (d !== this.domain || (d >= 0 && this.domains.incarnation(d) !== this.incarnation)) {
+        this.switchContext(d);
+      } else if (d >= 0) {
+        const g = this.inval.gen(d);
+        this.lastTail = this.inval.apply(d, this.lastTail, this.iotlb);
+        if (g !== this.lastGen) {
+          this.lastGen = g;
+          this.epochs.advance(this.slot, g);
+        }
       }
+      const now = this.contexts.domainOf(this.requesterId);
+      if (now === this.domain && (now < 0 || this.domains.incarnation(now) === this.incarnation)) return;
+    }
+  }
+
+  /** A new context (another domain, another incarnation, or none): nothing cached belongs to it. */
+  private switchContext(d: number): void {
+    this.iotlb.flushAll();
+    this.domain = d;
+    if (d < 0) {
+      this.domainType = 0;
+      this.root = 0;
       return;
     }
-    if (d < 0) return;
-    const g = this.inval.gen(d);
-    this.lastTail = this.inval.apply(d, this.lastTail, this.iotlb);
-    if (g !== this.lastGen) {
-      this.lastGen = g;
-      this.epochs.advance(this.slot, g);
-    }
+    this.incarnation = this.domains.incarnation(d);
+    this.domainType = this.domains.typeCode(d);
+    this.root = this.domains.root(d);
+    this.lastGen = this.inval.gen(d);
+    this.lastTail = this.inval.tail(d);
+    this.epochs.advance(this.slot, this.lastGen);
   }
 
   /** Ends a transfer: from here on a strict unmap need not wait for this device. */

@@ -43,6 +43,8 @@ export interface DmaMapping {
 
 interface MappingState {
   dev: DmaDevice;
+  /** The domain the mapping lives in (unmapped there even if the device moved since). */
+  domain: Domain | null;
   pa: Pa;
   iovaPage: number; // -1 for direct mappings
   npages: number;
@@ -59,6 +61,7 @@ export class DmaApi {
   private readonly lazyDomains = new Set<Domain>();
   private timer: NodeJS.Timeout | null = null;
   private liveCount = 0;
+  private closed = false;
 
   constructor(
     private readonly ram: GuestRam,
@@ -69,6 +72,7 @@ export class DmaApi {
 
   /** dma_map_single: makes [pa, pa + len) reachable by `dev` for DMA in direction `dir`. */
   mapSingle(dev: DmaDevice, pa: Pa, len: number, dir: DmaDirection): DmaMapping {
+    if (this.closed) throw new DmaError('ESHUTDOWN', `dma: mapSingle for device ${dev?.bdf}: the machine is closed`);
     this.check(dev, pa, len, dir);
     const domain = dev.domain;
     if (domain && domain.type === 'dma') return this.mapIommu(dev, domain, pa, len, dir);
@@ -84,7 +88,7 @@ export class DmaApi {
       );
     }
     const m: DmaMapping = { addr: dmaAddr(pa), len, bounced: false, dir };
-    this.state.set(m, { dev, pa, iovaPage: -1, npages: 0, live: true });
+    this.state.set(m, { dev, domain: null, pa, iovaPage: -1, npages: 0, live: true });
     this.liveCount++;
     return m;
   }
@@ -97,21 +101,24 @@ export class DmaApi {
       throw new DmaError('EINVAL', `dma: unmap of ${describe(m)} on device ${dev?.bdf}, but it was mapped for device ${s.dev.bdf}`);
     }
     if (!s.live) throw new DmaError('EINVAL', `dma: double unmap of ${describe(m)} on device ${dev.bdf}`);
+    if (this.closed) throw new DmaError('ESHUTDOWN', `dma: unmap of ${describe(m)} on device ${dev.bdf}: the machine is closed (its mappings went with it)`);
+    const domain = s.domain;
+    if (domain && s.iovaPage >= 0) {
+      const iova = (s.iovaPage * PAGE_SIZE) as Iova;
+      const size = s.npages * PAGE_SIZE;
+      if (this.mode === 'strict') {
+        domain.unmap(iova, size);
+        domain.iova.free(s.iovaPage, s.npages, dev.bdf);
+      } else {
+        domain.unmapLazy(iova, size);
+        while (!domain.fq.push(s.iovaPage, s.npages)) this.flushDomain(domain);
+        this.lazyDomains.add(domain);
+        this.armTimer();
+      }
+    }
+    // Only now: a failed unmap leaves the mapping live, so it can be unmapped again.
     s.live = false;
     this.liveCount--;
-    if (s.iovaPage < 0) return;
-    const domain = dev.domain!;
-    const iova = (s.iovaPage * PAGE_SIZE) as Iova;
-    const size = s.npages * PAGE_SIZE;
-    if (this.mode === 'strict') {
-      domain.unmap(iova, size);
-      domain.iova.free(s.iovaPage, s.npages, dev.bdf);
-      return;
-    }
-    domain.unmapLazy(iova, size);
-    while (!domain.fq.push(s.iovaPage, s.npages)) this.flushDomain(domain);
-    this.lazyDomains.add(domain);
-    this.armTimer();
   }
 
   /** Mappings made and not yet unmapped. */
@@ -127,11 +134,13 @@ export class DmaApi {
     for (const d of this.lazyDomains) this.flushDomain(d);
   }
 
-  /** Stops the flush timer (flushing what is queued). */
+  /** Flushes what is queued and stops the flush timer; later maps give ESHUTDOWN. */
   close(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     this.flush();
+    this.lazyDomains.clear();
+    this.closed = true;
   }
 
   private flushDomain(domain: Domain): void {
@@ -174,7 +183,7 @@ export class DmaApi {
       throw e;
     }
     const m: DmaMapping = { addr: dmaAddr(iovaPage * PAGE_SIZE + (pa - first)), len, bounced: false, dir };
-    this.state.set(m, { dev, pa, iovaPage, npages, live: true });
+    this.state.set(m, { dev, domain, pa, iovaPage, npages, live: true });
     this.liveCount++;
     return m;
   }

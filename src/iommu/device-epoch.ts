@@ -17,6 +17,10 @@
  * Why it holds: Atomics are sequentially consistent. If the unmapper reads an idle `seen`, the
  * device's next busy store comes later in the total order, so its generation load sees G. If it
  * reads busy with a generation ≥ G, the device processed the invalidation before translating.
+ * `seen` carries the generation of the device's current domain; a device still carrying another
+ * domain's (or incarnation's) generation has not translated through this domain yet in this
+ * transfer, and when it switches it drops its IOTLB and re-reads its context after advancing
+ * (dma-engine.ts begin()), so it walks only tables whose PTEs are already cleared.
  */
 import { DmaError } from '../errors.js';
 

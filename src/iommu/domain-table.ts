@@ -7,6 +7,8 @@
  *   [8n + 1] root      page-table root (index in the table pool), 0 for identity/blocked
  *   [8n + 2] attached  bit d = device slot d is attached (slots 0..31)
  *   [8n + 3] attached  slots 32..63
+ *   [8n + 4] incarnation  moves each time the slot is claimed: a device that finds the same
+ *                     domain id with another incarnation is in a new domain (flushes, reloads)
  * Writers: the driver side (allocation with compareExchange on type; attach/detach with
  * Atomics.or/and). Devices read type and root after loading their context entry, which was
  * stored after the slot was filled, so plain loads see them.
@@ -55,6 +57,8 @@ export class DomainTable {
         Atomics.store(this.words, n * WORDS + 1, root);
         Atomics.store(this.words, n * WORDS + 2, 0);
         Atomics.store(this.words, n * WORDS + 3, 0);
+        // ORDERING: a new incarnation, stored before any context entry can point here.
+        Atomics.add(this.words, n * WORDS + 4, 1);
         return n;
       }
     }
@@ -72,6 +76,11 @@ export class DomainTable {
 
   type(n: number): DomainType {
     return NAMES[Atomics.load(this.words, n * WORDS)];
+  }
+
+  incarnation(n: number): number {
+    // ORDERING: loaded by a device right after its context entry (see dma-engine.ts begin()).
+    return Atomics.load(this.words, n * WORDS + 4);
   }
 
   root(n: number): number {

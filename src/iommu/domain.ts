@@ -79,7 +79,8 @@ export class Domain {
       pt?.destroy();
       throw e;
     }
-    s.invalidation.reset(id);
+    // The slot's invalidation queue and generation are not reset: they keep counting across
+    // incarnations, so no device can mistake an old incarnation's position for the new one's.
     const name = `domain ${id}`;
     return new Domain({
       iommu,

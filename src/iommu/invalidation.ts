@@ -17,8 +17,10 @@
  * next transfer and only mark the cached translation stale (see iotlb.ts); the flush queue's
  * later flush-all moves gen.
  * Protocol (device, inside its epoch): load gen, then tail; apply entries from its last tail to
- * tail; an entry not yet published, or overwritten (more than RING behind), makes it drop its
- * whole IOTLB, which is always safe.
+ * tail; an entry not yet published, or a slot that writers may have lapped (tail more than RING
+ * past the entry, re-read after its fields), makes it drop its whole IOTLB, which is always safe.
+ * Generations are 30-bit; a device more than 2^29 generations behind would be misjudged by
+ * genAtLeast, but it is then far more than RING entries behind too, so it flushes everything.
  */
 import type { Iotlb } from './iotlb.js';
 
@@ -53,11 +55,6 @@ export class Invalidation {
     this.words = new Int32Array(handle.sab);
   }
 
-  /** Resets a domain's queue when its slot is (re)allocated. */
-  reset(domain: number): void {
-    this.words.fill(0, domain * BLOCK, (domain + 1) * BLOCK);
-  }
-
   // ---- writer side --------------------------------------------------------------------------
 
   /**
@@ -72,8 +69,8 @@ export class Invalidation {
     const k = Atomics.add(w, b + TAIL, 1);
     const e = b + HEADER + ((k >>> 0) % INVALIDATION_RING) * 4;
     const hi = Math.floor(page / 2 ** 32);
-    // A concurrent writer a full ring ahead may share this slot; the device's seq checks
-    // before and after reading turn that into a full flush, so plain field stores suffice.
+    // A writer a full ring ahead may share this slot and even publish its seq over our fields;
+    // the device detects that by re-reading tail (apply()), so plain field stores suffice.
     Atomics.store(w, e, 0);
     w[e + 1] = page - hi * 2 ** 32;
     w[e + 2] = hi;
@@ -130,6 +127,13 @@ export class Invalidation {
       if (Atomics.load(w, e) !== seq) {
         iotlb.flushAll();
         return t;
+      }
+      // ORDERING: re-read tail after the fields: if writers have lapped this slot since k was
+      // reserved, a later writer may have written these fields under our seq (a torn entry).
+      const now = Atomics.load(w, b + TAIL);
+      if (((now - k) | 0) > INVALIDATION_RING) {
+        iotlb.flushAll();
+        return now;
       }
       const npages = f & NPAGES_MASK;
       if ((f & LAZY_FLAG) !== 0) iotlb.markStale(page, npages);

@@ -34,6 +34,7 @@ export class Iommu {
   readonly domainTable: DomainTable;
   readonly epochs: DeviceEpochs;
   readonly faultRing: FaultRing;
+  private readonly invalidation: Invalidation;
   private readonly live = new Map<number, Domain>();
 
   static create(options: IommuOptions = {}): Iommu {
@@ -66,6 +67,7 @@ export class Iommu {
     this.domainTable = DomainTable.attach(handle.domains);
     this.epochs = DeviceEpochs.attach(handle.epochs);
     this.faultRing = FaultRing.attach(handle.faults);
+    this.invalidation = Invalidation.attach(handle.invalidation);
   }
 
   createDomain(type: DomainType = 'dma', options: DomainOptions = {}): Domain {
@@ -74,8 +76,15 @@ export class Iommu {
     return d;
   }
 
+  /** A domain created through this Iommu object, by id. */
   domain(id: number): Domain | undefined {
     return this.live.get(id);
+  }
+
+  /** The domain requester ID `rid` is attached to, if this Iommu object created it. */
+  domainOfRequester(rid: number): Domain | null {
+    const id = this.contexts.domainOf(rid);
+    return id >= 0 ? (this.live.get(id) ?? null) : null;
   }
 
   /** Points requester ID `rid` (device slot `slot`) at `domain`; a previous domain is left first. */
@@ -87,13 +96,18 @@ export class Iommu {
     this.contexts.set(rid, domain.id);
   }
 
-  /** Removes the context entry; returns once the device cannot use the old domain's IOTLB entries. */
+  /**
+   * Removes the context entry; returns once the device can no longer translate through the old
+   * domain: the context is cleared first, then a flush-all of the old domain is published and
+   * waited for (a device re-reads its context after acknowledging it, see dma-engine.ts).
+   * Works by domain id, for domains created anywhere.
+   */
   detachDevice(rid: number, slot: number): void {
     const old = this.contexts.domainOf(rid);
     if (old < 0) return;
     this.contexts.clear(rid);
-    const d = this.live.get(old) ?? null;
-    if (d) d.flushIotlbAll();
+    const gen = this.invalidation.publish(old, 0, 0, false);
+    this.epochs.waitFor(slot, gen);
     this.domainTable.detachDevice(old, slot);
   }
 
