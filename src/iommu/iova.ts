@@ -14,6 +14,7 @@
  */
 import { DmaError, hex } from '../errors.js';
 import { FutexMutex } from '../shared/futex-mutex.js';
+import { PageBitmap } from '../shared/page-bitmap.js';
 import { PAGE_SIZE } from '../addresses.js';
 
 export interface IovaAllocatorHandle {
@@ -32,6 +33,7 @@ export class IovaAllocator {
   readonly aperturePages: number;
   private readonly w: Int32Array;
   private readonly mutex: FutexMutex;
+  private readonly bits: PageBitmap;
 
   static create(aperturePages = DEFAULT_APERTURE_PAGES): IovaAllocator {
     const sab = new SharedArrayBuffer((BITMAP + Math.ceil(aperturePages / 32)) * 4);
@@ -52,11 +54,12 @@ export class IovaAllocator {
     this.w = new Int32Array(handle.sab);
     this.aperturePages = this.w[APERTURE];
     this.mutex = new FutexMutex(this.w, LOCK);
+    this.bits = new PageBitmap(this.w, BITMAP, IN_USE);
   }
 
   /** Pages handed out (page 0, reserved, included). */
   pagesInUse(): number {
-    return Atomics.load(this.w, IN_USE);
+    return this.bits.count();
   }
 
   /**
@@ -80,7 +83,7 @@ export class IovaAllocator {
           `iova: no free ${npages}-page range below ${hex(limit * PAGE_SIZE)} for ${who} (${this.pagesInUse()} of ${this.aperturePages} IOVA pages in use)`,
         );
       }
-      this.setBits(p, npages, true);
+      this.bits.setRange(p, npages, true);
       this.w[HINT] = p;
       return p;
     });
@@ -93,29 +96,15 @@ export class IovaAllocator {
     }
     this.mutex.with(() => {
       for (let q = page; q < page + npages; q++) {
-        if (!this.bit(q)) throw new DmaError('EINVAL', `iova: page ${hex(q * PAGE_SIZE)} of ${who} is not allocated (double free?)`);
+        if (!this.bits.has(q)) throw new DmaError('EINVAL', `iova: page ${hex(q * PAGE_SIZE)} of ${who} is not allocated (double free?)`);
       }
-      this.setBits(page, npages, false);
+      this.bits.setRange(page, npages, false);
       if (page + npages > this.w[HINT]) this.w[HINT] = page + npages;
     });
   }
 
   isAllocated(page: number): boolean {
-    return page >= 0 && page < this.aperturePages && this.bit(page);
-  }
-
-  private bit(p: number): boolean {
-    return (this.w[BITMAP + (p >>> 5)] & (1 << (p & 31))) !== 0;
-  }
-
-  private setBits(first: number, n: number, on: boolean): void {
-    const w = this.w;
-    for (let p = first; p < first + n; p++) {
-      const i = BITMAP + (p >>> 5);
-      w[i] = on ? w[i] | (1 << (p & 31)) : w[i] & ~(1 << (p & 31));
-    }
-    // ORDERING: under the mutex; Atomics so lock-free readers of the count see whole values.
-    Atomics.add(w, IN_USE, on ? n : -n);
+    return page >= 0 && page < this.aperturePages && this.bits.has(page);
   }
 
   /** Highest aligned start s with [s, s + n) free and s + n ≤ top; -1 if none. */
@@ -124,7 +113,7 @@ export class IovaAllocator {
     while (s >= 1) {
       let blocked = -1;
       for (let p = s + n - 1; p >= s; p--) {
-        const word = this.w[BITMAP + (p >>> 5)];
+        const word = this.bits.word(p);
         if (word === 0 && (p & 31) === 31 && p - 31 >= s) {
           p -= 31; // a whole free word
           continue;

@@ -16,6 +16,7 @@
 import { DmaError, hex } from '../errors.js';
 import { type Pa, PAGE_SIZE } from '../addresses.js';
 import { FutexMutex } from '../shared/futex-mutex.js';
+import { PageBitmap } from '../shared/page-bitmap.js';
 import type { RamBuffer, RamRegion } from './guest-ram.js';
 
 export interface FrameAllocatorHandle {
@@ -39,6 +40,7 @@ export class FrameAllocator {
   readonly handle: FrameAllocatorHandle;
   private readonly words: Int32Array;
   private readonly mutex: FutexMutex;
+  private readonly bits: PageBitmap;
 
   static create(regions: readonly RamRegion[]): FrameAllocator {
     const last = regions[regions.length - 1];
@@ -58,11 +60,11 @@ export class FrameAllocator {
     this.handle = handle;
     this.words = new Int32Array(handle.sab);
     this.mutex = new FutexMutex(this.words, LOCK);
+    this.bits = new PageBitmap(this.words, BITMAP, IN_USE);
   }
 
   pagesInUse(): number {
-    // ORDERING: pairs with the update under the mutex; a reader wants a recent count, no more.
-    return Atomics.load(this.words, IN_USE);
+    return this.bits.count();
   }
 
   alloc(size: number, options: AllocOptions = {}): RamBuffer {
@@ -90,7 +92,7 @@ export class FrameAllocator {
         if (end - start < pages * PAGE_SIZE) continue;
         const pa = this.findRun(r, start, end, pages, align);
         if (pa >= 0) {
-          this.setBits(r.offset / PAGE_SIZE + (pa - r.base) / PAGE_SIZE, pages, true);
+          this.bits.setRange(r.offset / PAGE_SIZE + (pa - r.base) / PAGE_SIZE, pages, true);
           return { pa: pa as Pa, size };
         }
       }
@@ -116,34 +118,20 @@ export class FrameAllocator {
     const pages = Math.ceil(buf.size / PAGE_SIZE);
     this.mutex.with(() => {
       for (let p = first; p < first + pages; p++) {
-        if (!this.bit(p)) {
+        if (!this.bits.has(p)) {
           throw new DmaError(
             'EINVAL',
             `ram.free: page at PA ${hex(buf.pa + (p - first) * PAGE_SIZE)} of [${hex(buf.pa)}, ${hex(buf.pa + buf.size)}) is not allocated (double free?)`,
           );
         }
       }
-      this.setBits(first, pages, false);
+      this.bits.setRange(first, pages, false);
     });
   }
 
   private totalPages(): number {
     const last = this.regions[this.regions.length - 1];
     return (last.offset + last.size) / PAGE_SIZE;
-  }
-
-  private bit(p: number): boolean {
-    return (this.words[BITMAP + (p >>> 5)] & (1 << (p & 31))) !== 0;
-  }
-
-  private setBits(first: number, n: number, on: boolean): void {
-    const w = this.words;
-    for (let p = first; p < first + n; p++) {
-      const i = BITMAP + (p >>> 5);
-      w[i] = on ? w[i] | (1 << (p & 31)) : w[i] & ~(1 << (p & 31));
-    }
-    // ORDERING: written under the mutex; Atomics.add lets lock-free readers see a whole value.
-    Atomics.add(w, IN_USE, on ? n : -n);
   }
 
   /** First PA in [start, end) of region r, aligned, with n free pages; -1 if none. */
@@ -155,7 +143,7 @@ export class FrameAllocator {
       let k = 0;
       while (k < n) {
         const p = p0 + k;
-        const word = this.words[BITMAP + (p >>> 5)];
+        const word = this.bits.word(p);
         if (word === 0 && (p & 31) === 0 && n - k >= 32) {
           k += 32; // a whole free word
           continue;
