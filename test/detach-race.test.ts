@@ -22,7 +22,7 @@ import { Iommu } from '../src/iommu/iommu.js';
 import { Iotlb } from '../src/iommu/iotlb.js';
 import { IOMMU_READ, IOMMU_WRITE } from '../src/iommu/page-table.js';
 import { MiB, type Iova } from '../src/addresses.js';
-import { allBytes } from './support.js';
+import { allBytes, until } from './support.js';
 
 const engineModule = pathToFileURL(resolve(__dirname, '../dist/src/device/dma-engine.js')).href;
 const IOVA = 0x10_0000;
@@ -51,10 +51,6 @@ import(${JSON.stringify(engineModule)}).then(({ DmaEngine, RunList }) => {
   Atomics.store(sig, 3, 1);
 });`;
 
-const until = async (f: () => boolean) => {
-  for (let i = 0; i < 5000 && !f(); i++) await new Promise((r) => setTimeout(r, 1));
-  if (!f()) throw new Error('timed out');
-};
 
 describe('detach against an in-flight transfer', () => {
   it('leaves a device preempted inside begin() unable to translate through the old domain', async () => {

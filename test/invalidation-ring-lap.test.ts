@@ -23,6 +23,7 @@ import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import { Invalidation } from '../src/iommu/invalidation.js';
 import { Iotlb } from '../src/iommu/iotlb.js';
+import { until } from './support.js';
 
 const invModule = pathToFileURL(resolve(__dirname, '../dist/src/iommu/invalidation.js')).href;
 const iotlbModule = pathToFileURL(resolve(__dirname, '../dist/src/iommu/iotlb.js')).href;
@@ -48,10 +49,6 @@ Promise.all([import(${JSON.stringify(invModule)}), import(${JSON.stringify(iotlb
   }
 });`;
 
-const until = async (f: () => boolean) => {
-  for (let i = 0; i < 5000 && !f(); i++) await new Promise((r) => setTimeout(r, 1));
-  if (!f()) throw new Error('timed out');
-};
 
 describe('invalidation ring slot shared by writers k and k+64', () => {
   it('never loses writer k’s invalidation', async () => {

@@ -17,3 +17,9 @@ export function allBytes(a: Uint8Array, v: number): boolean {
   for (let i = 0; i < a.length; i++) if (a[i] !== v) return false;
   return true;
 }
+
+/** Waits (without spinning) until f() holds; throws after about 5 s. */
+export async function until(f: () => boolean): Promise<void> {
+  for (let i = 0; i < 5000 && !f(); i++) await new Promise((r) => setTimeout(r, 1));
+  if (!f()) throw new Error('timed out');
+}
