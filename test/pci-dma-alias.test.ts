@@ -88,3 +88,20 @@ describe('pci_for_each_dma_alias', () => {
     expect(walk(fns('14e4:9001'), '02:00.0')).toHaveLength(3);
   });
 });
+
+describe('pci_real_dma_dev (VMD)', () => {
+  const vmd: FunctionJson[] = [
+    host,
+    { bdf: '0000:00:0e.0', type: 'rc-endpoint', id: '8086:a77f', driver: 'vmd' },
+    { bdf: '10000:e0:06.0', type: 'root-port', secondary: 0xe1, id: '8086:464d', acs: FULL_ACS },
+    { bdf: '10000:e1:00.0', type: 'endpoint', id: '1c5c:1959' },
+  ];
+
+  test('a function in a VMD domain DMAs with the requester ID of the VMD endpoint', () => {
+    expect(walk(vmd, '10000:e1:00.0')).toEqual(['0000:00:0e.0 via 0000:00:0e.0: VMD endpoint owns the domain']);
+  });
+
+  test('without a VMD endpoint in the topology the function keeps its own requester ID', () => {
+    expect(walk(vmd.filter((f) => f.bdf !== '0000:00:0e.0'), '10000:e1:00.0')).toEqual(['10000:e1:00.0 via 10000:e1:00.0: own requester ID']);
+  });
+});

@@ -4,7 +4,7 @@
  */
 import { describe, expect, test } from 'vitest';
 import { computeIommuGroups, parseTopology, type FunctionJson } from '../src/pci/index.js';
-import { FULL_ACS, NO_ACS_ENABLED, groupWith, host, partition } from './pci-helpers.js';
+import { FULL_ACS, NO_ACS_ENABLED, dmaError, groupWith, host, partition } from './pci-helpers.js';
 
 const groups = (fns: FunctionJson[]) => computeIommuGroups(parseTopology(fns));
 
@@ -187,7 +187,18 @@ describe('IOMMU functions and numbering', () => {
       { bdf: '00:01.0', type: 'host-bridge', id: '1022:1452' },
     ]);
     expect(g.flatMap((x) => x.devices)).not.toContain('0000:00:00.2');
-    expect(partition(g)).toEqual(['0000:00:00.0', '0000:00:01.0']);
+    expect(partition(g)).toEqual(['0000:00:01.0']);
+  });
+
+  test('the AMD root complex beside the AMD IOMMU is outside the IVRS scope; other host bridges are grouped', () => {
+    const hb = (id: string, iommu: boolean): FunctionJson[] => [
+      { bdf: '00:00.0', type: 'host-bridge', id },
+      ...(iommu ? [{ bdf: '00:00.2', type: 'pci-device', id: '1022:1481', iommu: true } as FunctionJson] : []),
+      { bdf: '00:01.0', type: 'host-bridge', id: '1022:1482' },
+    ];
+    expect(partition(groups(hb('1022:1480', true)))).toEqual(['0000:00:01.0']);
+    expect(partition(groups(hb('1022:1480', false)))).toEqual(['0000:00:00.0', '0000:00:01.0']);
+    expect(partition(groups(hb('8086:29c0', true)))).toEqual(['0000:00:00.0', '0000:00:01.0']);
   });
 
   test('groups are numbered in probe (BDF) order from 0 and list DDDD:BB:DD.F devices', () => {
@@ -245,5 +256,138 @@ describe('ACS quirk table', () => {
     ];
     expect(groupWith(groups(zx('0800')), '0000:01:00.0')).toEqual(['0000:00:02.0', '0000:01:00.0']);
     expect(groupWith(groups(zx('0715')), '0000:01:00.0')).toEqual(['0000:01:00.0']);
+  });
+});
+
+describe('Intel Sunrise/Union Point PCH root ports (intel-spt-pch quirk)', () => {
+  // lspci reads their ACSCtl where these root ports keep nothing: it shows every control clear.
+  const asLspciShowsIt = { cap: ['SV', 'TB', 'RR', 'CR'], ctl: [] } as FunctionJson['acs'];
+  const pch = (device: string): FunctionJson[] => [
+    host,
+    { bdf: '00:1c.0', type: 'root-port', secondary: 1, id: `8086:${device}`, acs: asLspciShowsIt },
+    { bdf: '00:1c.4', type: 'root-port', secondary: 2, id: `8086:${device}`, acs: asLspciShowsIt },
+    { bdf: '01:00.0', type: 'endpoint' },
+    { bdf: '02:00.0', type: 'endpoint' },
+  ];
+
+  test('are isolated whatever ACSCtl lspci printed: Linux enables SV RR CR UF in their real control register', () => {
+    expect(partition(groups(pch('a110')))).toEqual(['0000:00:00.0', '0000:00:1c.0', '0000:00:1c.4', '0000:01:00.0', '0000:02:00.0']);
+  });
+
+  test('another root port showing the same bits is not isolated and shares its slot\'s group', () => {
+    expect(partition(groups(pch('a2ff')))).toEqual(['0000:00:00.0', '0000:00:1c.0 0000:00:1c.4 0000:01:00.0 0000:02:00.0']);
+  });
+});
+
+describe('VMD domains (pci_real_dma_dev)', () => {
+  const vmdTopology = (vmd: FunctionJson): FunctionJson[] => [
+    host,
+    vmd,
+    { bdf: '10000:e0:01.0', type: 'pci-device', id: '8086:09ab' },
+    { bdf: '10000:e0:06.0', type: 'root-port', secondary: 0xe1, id: '8086:464d', acs: FULL_ACS },
+    { bdf: '10000:e1:00.0', type: 'endpoint', id: '1c5c:1959' },
+  ];
+
+  test('every function of the VMD domain joins the group of the VMD endpoint', () => {
+    const g = groups(vmdTopology({ bdf: '00:0e.0', type: 'rc-endpoint', id: '8086:a77f', driver: 'vmd' }));
+    expect(partition(g)).toEqual(['0000:00:00.0', '0000:00:0e.0 10000:e0:01.0 10000:e0:06.0 10000:e1:00.0']);
+  });
+
+  test('a known VMD device id without a driver line counts as the VMD endpoint too', () => {
+    const g = groups(vmdTopology({ bdf: '00:0e.0', type: 'rc-endpoint', id: '8086:9a0b' }));
+    expect(groupWith(g, '0000:00:0e.0')).toHaveLength(4);
+  });
+
+  test('with two VMD endpoints, domain 10000 belongs to the first and 10001 to the second (BDF order)', () => {
+    const g = groups([
+      host,
+      { bdf: '00:05.5', type: 'rc-endpoint', id: '8086:28c0', driver: 'vmd' },
+      { bdf: '00:06.5', type: 'rc-endpoint', id: '8086:28c0', driver: 'vmd' },
+      { bdf: '10000:00:00.0', type: 'endpoint', id: '144d:a808' },
+      { bdf: '10001:00:00.0', type: 'endpoint', id: '144d:a808' },
+    ]);
+    expect(partition(g)).toEqual(['0000:00:00.0', '0000:00:05.5 10000:00:00.0', '0000:00:06.5 10001:00:00.0']);
+  });
+});
+
+describe('SR-IOV virtual functions', () => {
+  const sriov = (rootAcs: FunctionJson['acs'] | undefined, vfBus = 1): FunctionJson[] => [
+    host,
+    { bdf: '00:02.0', type: 'root-port', secondary: 1, subordinate: 2, ...(rootAcs ? { acs: rootAcs } : {}) },
+    { bdf: '01:00.0', type: 'endpoint', id: '8086:10c9' },
+    { bdf: `0${vfBus}:10.0`, type: 'endpoint', id: '8086:10ca', physfn: '01:00.0' },
+    { bdf: `0${vfBus}:10.2`, type: 'endpoint', id: '8086:10ca', physfn: '01:00.0' },
+  ];
+
+  test('VFs sharing a slot are not multifunction: each has its own group below an ACS root port', () => {
+    expect(groups(sriov(FULL_ACS))).toHaveLength(5);
+    expect(parseTopology(sriov(FULL_ACS)).functions.filter((f) => f.physfn).map((f) => f.multifunction)).toEqual([false, false]);
+  });
+
+  test('VFs on a bus no bridge leads to sit on a virtual bus whose parent is the PF\'s bus', () => {
+    const t = parseTopology(sriov(FULL_ACS, 2));
+    expect(t.rootBuses).toEqual(['0000:00']);
+    expect(groups(sriov(FULL_ACS, 2))).toHaveLength(5);
+  });
+
+  test('the upstream walk crosses the virtual bus: below a root port without ACS the VFs join its group', () => {
+    expect(groupWith(groups(sriov(undefined, 2)), '0000:02:10.2')).toEqual([
+      '0000:00:02.0',
+      '0000:01:00.0',
+      '0000:02:10.0',
+      '0000:02:10.2',
+    ]);
+  });
+
+  test('a VF naming a function that is not there is a DmaError naming the entry and field', () => {
+    const fns = sriov(FULL_ACS).map((f) => (f.physfn ? { ...f, physfn: '01:00.1' } : f));
+    expect(dmaError(() => parseTopology(fns)).message).toMatch(/functions\[3\] \(0000:01:10.0\): physfn: 0000:01:00.1 is not in the topology/);
+  });
+});
+
+describe('port types as set_pcie_port_type() corrects them', () => {
+  test('a downstream port right below a root port acts as an upstream port (single function: no ACS needed)', () => {
+    const t = parseTopology([
+      host,
+      { bdf: '00:02.0', type: 'root-port', secondary: 1, subordinate: 2, acs: FULL_ACS },
+      { bdf: '01:00.0', type: 'downstream-port', secondary: 2, id: '104c:8233' },
+      { bdf: '02:00.0', type: 'endpoint' },
+    ]);
+    const port = t.functions.find((f) => f.bdf === '0000:01:00.0')!;
+    expect([port.type, port.reportedType]).toEqual(['upstream-port', 'downstream-port']);
+    expect(t.notes).toEqual([
+      '0000:01:00.0 claims to be a downstream port but sits below a root-port (0000:00:02.0): Linux treats it as an upstream port',
+    ]);
+    expect(partition(computeIommuGroups(t))).toEqual(['0000:00:00.0', '0000:00:02.0', '0000:01:00.0', '0000:02:00.0']);
+  });
+});
+
+describe('DMA alias quirks', () => {
+  test('a PLX NTB endpoint aliases every devfn of its bus, so the whole bus shares its group', () => {
+    const ntb = (id: string): FunctionJson[] => [
+      host,
+      { bdf: '00:02.0', type: 'root-port', secondary: 1, acs: FULL_ACS },
+      { bdf: '00:03.0', type: 'root-port', secondary: 2, acs: FULL_ACS },
+      { bdf: '01:00.0', type: 'endpoint', id: '10b5:8725' },
+      { bdf: '01:00.1', type: 'endpoint', id, acs: FULL_ACS },
+      { bdf: '02:00.0', type: 'endpoint', id: '8086:10d3' },
+    ];
+    expect(groupWith(groups(ntb('10b5:87b0')), '0000:01:00.0')).toEqual(['0000:01:00.0', '0000:01:00.1']);
+    expect(groupWith(groups(ntb('10b5:87b0')), '0000:02:00.0')).toEqual(['0000:02:00.0']);
+    expect(groupWith(groups(ntb('10b5:8725')), '0000:01:00.0')).toEqual(['0000:01:00.0']);
+  });
+});
+
+describe('port types as set_pcie_port_type() corrects them: chains', () => {
+  test('below a corrected port, the next downstream port keeps its type (its parent now faces upstream)', () => {
+    const t = parseTopology([
+      host,
+      { bdf: '00:02.0', type: 'root-port', secondary: 1, subordinate: 3, acs: FULL_ACS },
+      { bdf: '01:00.0', type: 'downstream-port', secondary: 2, subordinate: 3 },
+      { bdf: '02:00.0', type: 'downstream-port', secondary: 3 },
+      { bdf: '03:00.0', type: 'endpoint' },
+    ]);
+    expect(t.functions.map((f) => f.type)).toEqual(['host-bridge', 'root-port', 'upstream-port', 'downstream-port', 'endpoint']);
+    expect(groupWith(computeIommuGroups(t), '0000:03:00.0')).toEqual(['0000:02:00.0', '0000:03:00.0']);
   });
 });

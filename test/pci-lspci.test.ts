@@ -98,15 +98,16 @@ describe('reading lspci -vvv -nn', () => {
     expect([mf('0000:00:04.0'), mf('0000:00:05.0'), mf('0000:00:05.1')]).toEqual([false, true, true]);
   });
 
-  test('class 0806 marks the function as an IOMMU, which gets no group', () => {
+  test('class 0806 marks the function as an IOMMU, which gets no group (nor does the AMD root complex beside it)', () => {
     const text = [
       '00:00.0 Host bridge [0600]: Advanced Micro Devices, Inc. [AMD] Root Complex [1022:1450]',
       '00:00.2 IOMMU [0806]: Advanced Micro Devices, Inc. [AMD] I/O Memory Management Unit [1022:1451]',
       '\tCapabilities: [40] Secure device <?>',
+      '00:01.0 Host bridge [0600]: Advanced Micro Devices, Inc. [AMD] PCIe Dummy Host Bridge [1022:1452]',
     ].join('\n');
     const amd = parseLspci(text);
     expect(amd.functions.find((x) => x.bdf === '0000:00:00.2')!.iommu).toBe(true);
-    expect(partition(computeIommuGroups(amd))).toEqual(['0000:00:00.0']);
+    expect(partition(computeIommuGroups(amd))).toEqual(['0000:00:01.0']);
   });
 
   test('the vendor:device ids are the last [vvvv:dddd] on the line, even after bracketed names', () => {
@@ -212,4 +213,186 @@ describe('malformed lspci text is a DmaError naming the line', () => {
   test('text without any device', () => {
     expect(errorOf('hello\nworld\n').message).toMatch(/no PCI functions found/);
   });
+});
+
+/** Lines lspci really prints that the parser has no use for: each must leave BASE's reading unchanged. */
+describe.each([
+  ['DeviceName', '\tDeviceName:  Onboard IGD'],
+  ['Physical Slot', '\tPhysical Slot: 0-2'],
+  ['NUMA node', '\tNUMA node: 0'],
+  ['IOMMU group', '\tIOMMU group: 7'],
+  ['Kernel modules', '\tKernel modules: e1000e, igb'],
+  ['an interrupt routed to a negative IRQ', '\tInterrupt: pin A routed to IRQ -2147483648'],
+  ['a null extended capability', '\tCapabilities: [100 v0] Null'],
+  ['an unnamed capability id', '\tCapabilities: [50] Capability ID 0x15 [0000]'],
+  ['an expansion ROM at an ignored address', '\tExpansion ROM at <ignored> [disabled]'],
+  ['a BAR lspci printed without a size (unassigned)', '\tRegion 1: Memory at <unassigned> (64-bit, prefetchable) [disabled]'],
+  ['an I/O BAR without a size', '\tRegion 5: I/O ports at <ignored> [disabled]'],
+  ['a vital product data block', '\tCapabilities: [50] Vital Product Data\n\t\tProduct Name: NIC\n\t\tRead-only fields:\n\t\t\t[PN] Part number: 1234\n\t\tEnd'],
+  [
+    'an SR-IOV capability with its VF BARs (sizeless Region lines inside the capability)',
+    [
+      '\tCapabilities: [160 v1] Single Root I/O Virtualization (SR-IOV)',
+      '\t\tIOVCap:\tMigration- 10BitTagReq- IntMsgNum 0',
+      '\t\tIOVCtl:\tEnable- Migration- Interrupt- MSE- ARIHierarchy- 10BitTagReq-',
+      '\t\tInitial VFs: 8, Total VFs: 8, Number of VFs: 0, Function Dependency Link: 00',
+      '\t\tVF offset: 128, stride: 2, Device ID: 10ca',
+      '\t\tSupported Page Size: 00000553, System Page Size: 00000001',
+      '\t\tRegion 0: Memory at 00000000fe800000 (64-bit, non-prefetchable)',
+      '\t\tRegion 3: Memory at 00000000fe820000 (64-bit, non-prefetchable)',
+      '\t\tVF Migration: offset: 00000000, BIR: 0',
+    ].join('\n'),
+  ],
+])('a real-world line the parser skips: %s', (_what, extra) => {
+  // Inserted into the endpoint's record, right after its header line (line 14 of BASE).
+  const text = [...BASE.slice(0, 14), extra, ...BASE.slice(14)].join('\n');
+
+  test('parses, and the endpoint keeps its type, driver and BARs', () => {
+    const e = parseLspci(text).functions.find((x) => x.bdf === '0000:01:00.0')!;
+    expect([e.type, e.driver]).toEqual(['endpoint', 'e1000e']);
+    expect(e.bars!.map((b) => b.index)).toEqual([0, 2]);
+  });
+
+  test('the groups do not change', () => {
+    expect(partition(computeIommuGroups(parseLspci(text)))).toEqual(partition(computeIommuGroups(parseLspci(BASE.join('\n')))));
+  });
+});
+
+describe('lspci output forms seen in real dumps', () => {
+  test('a BAR without a size is left out with a note', () => {
+    const t = parseLspci(edit(15, '\tRegion 0: Memory at <unassigned> (64-bit, prefetchable) [disabled]'));
+    expect(t.functions.find((x) => x.bdf === '0000:01:00.0')!.bars!.map((b) => b.index)).toEqual([2]);
+    expect(t.notes).toContain('line 15: 0000:01:00.0 Region 0 has no size (unassigned); left out');
+  });
+
+  test('lspci -PP: the address is the path through the bridges, the last element is the function', () => {
+    const t = parseLspci(edit(14, '00:02.0/01:00.0 Ethernet controller [0200]: Intel Corporation 82574L Gigabit Network Connection [8086:10d3]'));
+    expect(t.functions.map((f) => f.bdf)).toEqual(['0000:00:00.0', '0000:00:02.0', '0000:01:00.0']);
+  });
+
+  test('lspci -P: the bus of a path element comes from the parent bridge', () => {
+    const t = parseLspci(edit(14, '00:02.0/00.0 Ethernet controller [0200]: Intel Corporation 82574L Gigabit Network Connection [8086:10d3]'));
+    expect(t.functions.find((f) => f.type === 'endpoint')!.bdf).toBe('0000:01:00.0');
+  });
+
+  test('a -PP path that contradicts the bridge it runs through is a DmaError naming the line', () => {
+    const e = errorOf(edit(14, '00:02.0/05:00.0 Ethernet controller [0200]: Intel Corporation 82574L [8086:10d3]'));
+    expect(e.message).toMatch(/lspci line 14: the path 00:02.0\/05:00.0 puts bus 05 behind 0000:00:02.0, whose secondary bus is 01/);
+  });
+
+  test('a -P path through a function that is not listed is a DmaError naming the line', () => {
+    expect(errorOf(edit(14, '00:03.0/00.0 Ethernet controller [0200]: Intel [8086:10d3]')).message).toMatch(/lspci line 14: the path 00:03.0\/00.0 leaves out the bus and its parent 0000:00:03.0 is not listed/);
+  });
+
+  test('Bus: primary=00 on a bridge off bus 00 is a hard-wired primary bus number (VMD root ports)', () => {
+    const text = [
+      '0000:00:00.0 Host bridge [0600]: Intel Corporation Device [8086:4637]',
+      '',
+      '10000:e0:06.0 PCI bridge [0604]: Intel Corporation Device [8086:464d] (prog-if 00 [Normal decode])',
+      '\tBus: primary=00, secondary=e1, subordinate=e1, sec-latency=0',
+      '\tCapabilities: [40] Express (v2) Root Port (Slot+), IntMsgNum 0',
+      '',
+      '10000:e1:00.0 Non-Volatile memory controller [0108]: Vendor NVMe [1c5c:1959]',
+      '\tCapabilities: [c0] Express (v2) Endpoint, IntMsgNum 0',
+    ].join('\n');
+    const t = parseLspci(text);
+    expect(t.functions.find((f) => f.bdf === '10000:e0:06.0')!.secondary).toBe(0xe1);
+    expect(t.notes).toContain('line 4: 10000:e0:06.0 has its primary bus number hard-wired to 00; Linux uses its own bus e0');
+  });
+
+  test('a PCI/PCI-X-to-PCIe bridge with a slot flag (newer pciutils) is read', () => {
+    const t = parseLspci(edit(7, '\tCapabilities: [54] Express (v1) PCI/PCI-X to PCI-Express Bridge (Slot-), MSI 00', BASE.filter((l) => !/ACSC|Access Control/.test(l))));
+    expect(t.functions.find((f) => f.bdf === '0000:00:02.0')!.type).toBe('pci-to-pcie-bridge');
+  });
+
+  test('a function whose header lspci could not read is taken as a plain PCI device, with a note', () => {
+    const text = [
+      ...BASE.slice(0, 13),
+      '00:1c.4 PCI bridge [0604]: Intel Corporation JHL7540 Thunderbolt 3 Bridge [8086:15ea] (rev ff) (prog-if ff)',
+      '\t!!! Unknown header type 7f',
+      '\tKernel driver in use: pcieport',
+      '',
+      ...BASE.slice(13),
+    ].join('\n');
+    const t = parseLspci(text);
+    expect(t.functions.find((f) => f.bdf === '0000:00:1c.4')!.type).toBe('pci-device');
+    expect(t.notes).toContain('line 15: 0000:00:1c.4 has a header lspci could not read; taken as a plain PCI device');
+  });
+});
+
+describe('SR-IOV virtual functions in lspci text', () => {
+  /** Root port with ACS, PF 01:00.0 (82576-like) with 2 of 8 VFs enabled at offset 128, stride 2. */
+  const SRIOV = [
+    ...BASE.slice(0, 13),
+    '01:00.0 Ethernet controller [0200]: Intel Corporation 82576 Gigabit Network Connection [8086:10c9] (rev 01)',
+    '\tRegion 0: Memory at fe400000 (32-bit, non-prefetchable) [size=128K]',
+    '\tCapabilities: [a0] Express (v2) Endpoint, MSI 00',
+    '\tCapabilities: [160 v1] Single Root I/O Virtualization (SR-IOV)',
+    '\t\tInitial VFs: 8, Total VFs: 8, Number of VFs: 2, Function Dependency Link: 00',
+    '\t\tVF offset: 128, stride: 2, Device ID: 10ca',
+    '\t\tRegion 0: Memory at 00000000fe800000 (64-bit, non-prefetchable)',
+    '\tKernel driver in use: igb',
+    '',
+    '01:10.0 Ethernet controller [0200]: Intel Corporation 82576 Virtual Function [8086:10ca] (rev 01)',
+    '\tCapabilities: [a0] Express (v2) Endpoint, MSI 00',
+    '',
+    '01:10.2 Ethernet controller [0200]: Intel Corporation 82576 Virtual Function [8086:10ca] (rev 01)',
+    '\tCapabilities: [a0] Express (v2) Endpoint, MSI 00',
+  ];
+
+  test('the functions at the VF routing IDs are the PF\'s virtual functions, never multifunction', () => {
+    const t = parseLspci(SRIOV.join('\n'));
+    const f = (bdf: string) => t.functions.find((x) => x.bdf === bdf)!;
+    expect([f('0000:01:10.0').physfn, f('0000:01:10.2').physfn]).toEqual(['0000:01:00.0', '0000:01:00.0']);
+    expect([f('0000:01:10.0').multifunction, f('0000:01:10.2').multifunction]).toEqual([false, false]);
+    expect(f('0000:01:00.0').bars!.map((b) => [b.index, b.base])).toEqual([[0, 0xfe400000]]);
+  });
+
+  test('each VF below an ACS root port is its own group (Linux clears multifunction for VFs)', () => {
+    expect(partition(computeIommuGroups(parseLspci(SRIOV.join('\n'))))).toEqual([
+      '0000:00:00.0',
+      '0000:00:02.0',
+      '0000:01:00.0',
+      '0000:01:10.0',
+      '0000:01:10.2',
+    ]);
+  });
+});
+
+describe('a capture cut off at the end of the text', () => {
+  test('a last line cut in the middle is skipped with a note, and the record it ends loses what was cut', () => {
+    const t = parseLspci([...BASE.slice(0, 10), '\t\tACSCtl:\tSrcValid+ TransBlk- Req'].join('\n'));
+    expect(t.functions.find((f) => f.bdf === '0000:00:02.0')!.acs).toBeUndefined();
+    expect(t.notes).toEqual([
+      'line 11 skipped: the capture ends in the middle of it (EINVAL: lspci line 11 (0000:00:02.0): ACSCtl: "Req" is not a Name+ or Name- flag)',
+      'line 9: 0000:00:02.0 is cut off inside its ACS capability (end of text); taken as having none',
+    ]);
+  });
+
+  test('a bridge cut off before its Bus: line is taken as a plain PCI device', () => {
+    const t = parseLspci(BASE.slice(0, 5).join('\n'));
+    expect(t.functions.find((f) => f.bdf === '0000:00:02.0')!.type).toBe('pci-device');
+    expect(t.notes).toEqual(['line 4: 0000:00:02.0 is cut off before its "Bus:" line (end of text); taken as a plain PCI device']);
+  });
+
+  test('a header line cut before its ids ends the capture with a note', () => {
+    const t = parseLspci([...BASE, '', '02:00.0 Ethernet controller [0200]: Intel Corp'].join('\n'));
+    expect(t.functions).toHaveLength(3);
+    expect(t.notes[0]).toMatch(/^line 20 skipped: the capture ends in the middle of it/);
+  });
+
+  test('a contradiction on the last line is still a DmaError naming the line', () => {
+    const e = errorOf([...BASE.slice(0, 5), '\tBus: primary=05, secondary=01, subordinate=01, sec-latency=0'].join('\n'));
+    expect(e.message).toMatch(/lspci line 6 .*primary=05 contradicts/);
+  });
+
+  test('an ACS capability without its detail lines (lspci -v) is a DmaError when the record is complete', () => {
+    const text = BASE.filter((l) => !l.includes('ACSC')).join('\n');
+    expect(errorOf(text).message).toMatch(/lspci line 9 \(0000:00:02.0\): Access Control Services capability without both ACSCap: and ACSCtl: lines \(lspci prints them with -vv or -vvv\)/);
+  });
+});
+
+test('lspci -PP of one function (lspci -s) needs no listed parents: the last element carries the bus', () => {
+  const t = parseLspci(['00:1c.4/07:00.0/09:00.0 System peripheral [0880]: Intel Corporation JHL7540 NHI [8086:15eb]', '\tCapabilities: [c0] Express (v2) Endpoint, MSI 00'].join('\n'));
+  expect([t.functions[0].bdf, t.rootBuses]).toEqual(['0000:09:00.0', ['0000:09']]);
 });

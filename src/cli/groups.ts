@@ -14,7 +14,7 @@ import type { Command } from 'commander';
 import { DmaError } from '../errors.js';
 import { formatBdf } from '../pci/bdf.js';
 import { formatAcsOverride, parseAcsOverride, type AcsOverride } from '../pci/acs-override.js';
-import { computeIommuGroups, type IommuGroup } from '../pci/iommu-group.js';
+import { computeIommuGroups, outsideIvrs, type IommuGroup } from '../pci/iommu-group.js';
 import { parseLspci } from '../pci/lspci.js';
 import { auditIsolation, type IsolationFinding } from '../pci/p2p.js';
 import { parseTopology } from '../pci/schema.js';
@@ -61,7 +61,7 @@ function deviceLine(f: PciFunction): string {
   return `${f.bdf} ${f.type} ${formatIds(f)} ${f.driver ?? '(no driver)'}`;
 }
 
-/** `IOMMU Group N:` blocks, then the functions no group holds (IOMMUs). */
+/** `IOMMU Group N:` blocks, then the functions no group holds (IOMMUs, AMD root complexes). */
 export function formatGroups(topology: Topology, groups: readonly IommuGroup[]): string {
   const tree = treeOf(topology);
   const out: string[] = [];
@@ -71,9 +71,15 @@ export function formatGroups(topology: Topology, groups: readonly IommuGroup[]):
   }
   const grouped = new Set(groups.flatMap((g) => g.devices));
   const none = topology.functions.filter((f) => !grouped.has(f.bdf));
-  if (none.length) {
+  const outside = none.filter((f) => outsideIvrs(tree, f));
+  const iommus = none.filter((f) => !outside.includes(f));
+  if (iommus.length) {
     out.push('No IOMMU group (the function is an IOMMU):');
-    for (const f of none) out.push(`    ${deviceLine(f)}`);
+    for (const f of iommus) out.push(`    ${deviceLine(f)}`);
+  }
+  if (outside.length) {
+    out.push('No IOMMU group (AMD root complex, outside the IOMMU\'s IVRS device scope):');
+    for (const f of outside) out.push(`    ${deviceLine(f)}`);
   }
   return out.join('\n') + '\n';
 }

@@ -9,12 +9,16 @@
  *   mf-endpoint   vendor-verified: no peer-to-peer between functions (SV TB RR CR UF DT hold)
  *   rciep         Intel root-complex integrated endpoints: SV RR CR UF hold (VT-d sec. 3.16)
  *   intel-pch     listed Intel PCH root ports without an ACS capability: SV RR CR UF hold
- *   intel-spt-pch Sunrise/Union Point root ports: the standard cap/ctl rule on their registers
+ *   intel-spt-pch Sunrise/Union Point root ports keep their ACS control register where the standard
+ *                 puts nothing (lspci's ACSCtl line for them is not the real control); Linux's
+ *                 enable step sets SV RR CR UF there, as far as ACSCap implements them, so the
+ *                 standard cap/ctl rule runs on the given ctl plus those bits
  *   cavium, qcom, xgene, brcm, loongson, nxp, al, zhaoxin, wangxun: root ports (or NICs) that
  *                 isolate without advertising ACS
  * Where we differ from Linux: amd-sb assumes the ACPI IVRS table exists (an AMD IOMMU is present),
- * intel-pch assumes its enable step (RCBA/UPDCR/MPC writes) succeeded, intel-spt-pch reads the
- * given cap/ctl bits instead of its misplaced dword registers; the override entry is acs-override.ts.
+ * intel-pch assumes its enable step (RCBA/UPDCR/MPC writes) succeeded, intel-spt-pch assumes its
+ * enable step ran (IOMMU on, no pci=disable_acs_redir) rather than reading the real dword control
+ * register, which neither lspci nor our JSON carries; the override entry is acs-override.ts.
  */
 import {
   PCI_ACS_CR,
@@ -97,7 +101,8 @@ const intelSptPch: AcsQuirkRule = (_t, f, flags) => {
     inRange(d, 0x9d10, 0x9d1b); // 7th/8th gen mobile
   if (!match || !f.acs) return NOTTY;
   const req = flags & (f.acs.cap | PCI_ACS_EC);
-  return acsCtrlEnabled(req, f.acs.ctl);
+  const ctl = f.acs.ctl | (f.acs.cap & ISOLATED); // what pci_quirk_enable_intel_spt_pch_acs() writes
+  return acsCtrlEnabled(req, ctl);
 };
 
 const cavium: AcsQuirkRule = (_t, f, flags) => {

@@ -10,7 +10,8 @@
  *     endpoints, upstream ports, legacy and RC-integrated endpoints need them only when
  *     multifunction (single-function ones are isolated by construction);
  *   pci_acs_path_enabled(): every function from start up to end (or up to the root bus when end
- *     is null) must pass pci_acs_enabled().
+ *     is null) must pass pci_acs_enabled(); a start on an SR-IOV virtual bus (no bridge above it)
+ *     fails, as Linux's walk meets a NULL bus->self.
  * Where we differ from Linux: nothing in these rules; quirk assumptions are listed in acs-quirks.ts.
  */
 import { PCI_ACS_EC } from './acs-flags.js';
@@ -89,7 +90,7 @@ export function pciAcsPathEnabled(
     const bus = tree.busOf(pdev);
     if (tree.isRootBus(bus)) return end === null;
     parent = tree.self(bus);
-    if (!parent) return end === null; // unreachable: buildTopology gives every non-root bus a bridge
+    if (!parent) return false; // a virtual bus: Linux asks pci_acs_enabled(NULL), which says no
   } while (pdev !== end);
   return true;
 }

@@ -1,16 +1,21 @@
 /**
  * Requester IDs and DMA aliases as Linux's pci_for_each_dma_alias() (drivers/pci/search.c)
- * enumerates them: the function's own requester ID, then the devfns of its dma_alias_mask
- * (explicit aliases and the DMA-alias quirks of drivers/pci/quirks.c), then, walking up to the
- * root bus, every bridge that takes ownership of the transaction:
+ * enumerates them. It starts from pci_real_dma_dev(): a function in a VMD domain (domain above
+ * ffff, which only Intel's Volume Management Device creates) issues DMA with the requester ID of
+ * the VMD endpoint that owns the domain, so the walk starts there. Then: the function's own
+ * requester ID, the devfns of its dma_alias_mask (explicit aliases and the DMA-alias quirks of
+ * drivers/pci/quirks.c), and, walking up to the root bus (skipping SR-IOV virtual buses, which
+ * have no bridge), every bridge that takes ownership of the transaction:
  *   - root, upstream and downstream ports forward the requester ID unchanged;
  *   - a PCIe-to-PCI/PCI-X bridge aliases everything behind it as (secondary bus, devfn 00.0);
  *   - a PCI/PCI-X-to-PCIe bridge and a conventional PCI bridge use their own ID (unless a quirk
  *     marks a conventional bridge as a PCIe-to-PCI bridge that hides its PCIe capability);
  *   - a bridge flagged as translation root (Broadcom Vulcan) ends the walk.
  * The last function the walk calls back with is where pci_device_group() starts looking upstream.
- * Where we differ from Linux: pci_real_dma_dev() (VMD) is not modelled and the Adaptec fixed-alias
- * quirk (which needs subsystem ids) is left out; explicit aliases cover both.
+ * Where we differ from Linux: which VMD endpoint owns which VMD domain is not in lspci's output; we
+ * pair VMD endpoints (driver "vmd", or a known VMD device id) in BDF order with VMD domains in
+ * ascending order, as the vmd driver numbers each new domain one above the highest in use. The
+ * Adaptec fixed-alias quirk (which needs subsystem ids) is left out; explicit aliases cover it.
  */
 import { DmaError } from '../errors.js';
 import { devfnOf, formatBdf, parseBdf, pciDevId } from './bdf.js';
@@ -59,6 +64,8 @@ export const DMA_ALIAS_QUIRKS: readonly DmaAliasQuirk[] = [
   ...aq(0x8086, 'fixed', [0x2260, 0x2264], [devfnOf(0x10, 0), devfnOf(0x11, 0), devfnOf(0x12, 3)]),
   // Intel Visual Compute Accelerator: every slot, functions 0-4.
   ...aq(0x8086, 'fixed', [0x2954, 0x2955, 0x2956, 0x2958, 0x2959, 0x295a], allSlots(5)),
+  // PLX (Broadcom) PEX NTB endpoints: proxy requester IDs may be any of the 256 devfns.
+  ...aq(0x10b5, 'fixed', [0x87b0, 0x87b1], allSlots(8)),
   // PCIe-to-PCI bridges that hide their PCIe capability (ASMedia, Tundra, ITE, Intel 82801).
   ...aq(0x1b21, 'pcie-bridge-alias', [0x1080]),
   ...aq(0x10e3, 'pcie-bridge-alias', [0x8113]),
@@ -69,6 +76,42 @@ export const DMA_ALIAS_QUIRKS: readonly DmaAliasQuirk[] = [
   // ASPEED AST1150 forwards the downstream requester ID (newer kernels than 6.12).
   ...aq(0x1a03, 'bridge-no-alias', [0x1150]),
 ];
+
+/** Intel VMD endpoints (drivers/pci/controller/vmd.c); a function bound to "vmd" counts too. */
+export const VMD_DEVICE_IDS: ReadonlySet<number> = new Set([
+  0x201d, 0x28c0, 0x467f, 0x4c3d, 0x7d0b, 0x9a0b, 0xa77f, 0xad0b, 0xb60b,
+]);
+
+/** The first domain number the vmd driver hands out (one above the 16-bit ACPI segments). */
+export const VMD_FIRST_DOMAIN = 0x10000;
+
+const isVmdEndpoint = (f: PciFunction): boolean =>
+  f.driver === 'vmd' || (f.driver === undefined && f.vendor === 0x8086 && f.device !== undefined && VMD_DEVICE_IDS.has(f.device));
+
+const vmdOwners = new WeakMap<Topology, Map<number, PciFunction>>();
+
+/** VMD domain -> the VMD endpoint that owns it (see the module comment). */
+export function vmdDomainOwners(topology: Topology): Map<number, PciFunction> {
+  let owners = vmdOwners.get(topology);
+  if (owners) return owners;
+  owners = new Map();
+  const vmds = topology.functions.filter((f) => f.domain < VMD_FIRST_DOMAIN && isVmdEndpoint(f));
+  const domains = [...new Set(topology.functions.filter((f) => f.domain >= VMD_FIRST_DOMAIN).map((f) => f.domain))].sort((a, b) => a - b);
+  // Domains are handed out in probe order without gaps, so domain 10000+i belongs to the i-th VMD;
+  // when some domain has no listed device the numbers still say which endpoint owns which.
+  for (const d of domains) {
+    const vmd = vmds[d - VMD_FIRST_DOMAIN] ?? (vmds.length === 1 ? vmds[0] : undefined);
+    if (vmd) owners.set(d, vmd);
+  }
+  vmdOwners.set(topology, owners);
+  return owners;
+}
+
+/** pci_real_dma_dev(): the VMD endpoint for a function in a VMD domain, else the function. */
+export function realDmaDev(tree: PciTree, f: PciFunction): PciFunction {
+  if (f.domain < VMD_FIRST_DOMAIN) return f;
+  return vmdDomainOwners(tree.topology).get(f.domain) ?? f;
+}
 
 function quirksOf(f: PciFunction): DmaAliasQuirk[] {
   return DMA_ALIAS_QUIRKS.filter((q) => q.vendor === f.vendor && q.device === f.device);
@@ -103,6 +146,7 @@ export function devsAreDmaAliases(a: PciFunction, b: PciFunction): boolean {
 
 export type DmaAliasReason =
   | 'own requester ID'
+  | 'VMD endpoint owns the domain'
   | 'DMA alias quirk'
   | 'PCIe-to-PCI bridge takes ownership'
   | 'PCI-to-PCIe bridge takes ownership'
@@ -114,18 +158,19 @@ export type DmaAliasReason =
  */
 export function forEachDmaAlias<T>(
   tree: PciTree,
-  pdev: PciFunction,
+  start: PciFunction,
   fn: (dev: PciFunction, requesterId: number, reason: DmaAliasReason) => T | undefined,
 ): T | undefined {
-  let ret = fn(pdev, pciDevId(pdev.bus, pdev.devfn), 'own requester ID');
+  const pdev = realDmaDev(tree, start);
+  let ret = fn(pdev, pciDevId(pdev.bus, pdev.devfn), pdev === start ? 'own requester ID' : 'VMD endpoint owns the domain');
   if (ret !== undefined) return ret;
   for (const devfn of aliasDevfns(pdev)) {
     ret = fn(pdev, pciDevId(pdev.bus, devfn), 'DMA alias quirk');
     if (ret !== undefined) return ret;
   }
-  for (let bus = tree.busOf(pdev); !tree.isRootBus(bus); ) {
+  for (let bus: string | undefined = tree.busOf(pdev); bus !== undefined && !tree.isRootBus(bus); bus = tree.parentBus(bus)) {
     const tmp = tree.self(bus);
-    if (!tmp) break;
+    if (!tmp) continue; // a virtual bus (SR-IOV): no bridge to take ownership
     const flags = quirksOf(tmp);
     if (flags.some((q) => q.kind === 'xlate-root')) return ret;
     if (isPcie(tmp.type)) {
@@ -142,7 +187,6 @@ export function forEachDmaAlias<T>(
       ret = fn(tmp, rid, hasPcieBridgeAlias(tree, tmp) ? 'PCIe-to-PCI bridge takes ownership' : 'conventional PCI bridge takes ownership');
       if (ret !== undefined) return ret;
     }
-    bus = tree.busOf(tmp);
   }
   return ret;
 }
@@ -150,7 +194,7 @@ export function forEachDmaAlias<T>(
 export interface DmaAlias {
   /** The 16-bit requester ID. */
   readonly requesterId: number;
-  /** The requester ID written as a BDF in the function's domain. */
+  /** The requester ID written as a BDF, in the domain of `device` (the VMD's for a VMD child). */
   readonly alias: string;
   /** The function Linux's walk was at when it produced this alias (the device or a bridge). */
   readonly device: string;
@@ -165,7 +209,7 @@ export function dmaAliases(topology: Topology, bdf: string): DmaAlias[] {
   forEachDmaAlias(tree, f, (dev, rid, reason) => {
     out.push({
       requesterId: rid,
-      alias: formatBdf({ domain: f.domain, bus: rid >> 8, slot: (rid >> 3) & 0x1f, fn: rid & 7 }),
+      alias: formatBdf({ domain: dev.domain, bus: rid >> 8, slot: (rid >> 3) & 0x1f, fn: rid & 7 }),
       device: dev.bdf,
       reason,
     });

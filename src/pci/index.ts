@@ -36,6 +36,7 @@ export { parseAcsOverride, formatAcsOverride, type AcsOverride } from './acs-ove
 export {
   computeIommuGroups,
   iommuGroupMap,
+  outsideIvrs,
   groupIndex,
   type IommuGroup,
   type IommuGroupOptions,

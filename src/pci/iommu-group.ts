@@ -1,22 +1,27 @@
 /**
  * IOMMU groups exactly as Linux's pci_device_group() (drivers/iommu/iommu.c) forms them, probing
  * functions in BDF order as the IOMMU driver's bus walk does:
- *   1. walk the DMA aliases (pci_for_each_dma_alias); if any alias device already has a group,
- *      join it; otherwise continue from the last alias device (the topmost aliasing bridge);
- *   2. walk up from there while the upstream path lacks ACS (pci_acs_path_enabled with
- *      REQ_ACS_FLAGS = SV RR CR UF): each non-isolating bridge passed becomes the candidate and
- *      its group, if any, is joined;
+ *   1. walk the DMA aliases (pci_for_each_dma_alias, which starts at the VMD endpoint for a
+ *      function in a VMD domain); if any alias device already has a group, join it; otherwise
+ *      continue from the last alias device (the topmost aliasing bridge);
+ *   2. walk up from there (skipping SR-IOV virtual buses) while the upstream path lacks ACS
+ *      (pci_acs_path_enabled with REQ_ACS_FLAGS = SV RR CR UF): each non-isolating bridge passed
+ *      becomes the candidate and its group, if any, is joined;
  *   3. get_pci_alias_group(): join a group of a function on the same bus that it aliases or that
  *      aliases it (explicit/quirk DMA aliases), recursively, with a devfn bitmap against loops;
  *   4. get_pci_function_alias_group(): if the candidate is multifunction and not ACS-isolated,
  *      join the group of a non-isolated function in the same slot (or of one of its aliases);
  *   5. otherwise allocate a new group.
- * A function that is itself an IOMMU is never probed and gets no group. Note that, like the
+ * A function that is itself an IOMMU is never probed and gets no group, and neither is an AMD root
+ * complex (AMD host bridge at BB:00.0 whose slot holds the AMD IOMMU at BB:00.2): AMD firmware's
+ * IVRS table leaves it out of the IOMMU's device scope, so amd_iommu never probes it (seen on every
+ * AMD system we compared). Note that, like the
  * kernel, sibling downstream ports of a switch without ACS land in different groups even though
  * their subtrees can reach each other peer-to-peer (p2p.ts reports that).
  * Where we differ from Linux: probe order is BDF order (Linux's device-add order is depth-first
  * per bus; the partition is the same for bus numbers assigned top-down) and group numbers start
- * at 0 for this topology alone.
+ * at 0 for this topology alone. Which devices the IOMMU covers comes from firmware tables (DMAR,
+ * IVRS) that lspci does not show: we assume all but the IOMMU functions and the AMD root complex.
  */
 import { pciAcsEnabled, pciAcsPathEnabled, type AcsPolicy } from './acs.js';
 import { REQ_ACS_FLAGS } from './acs-flags.js';
@@ -33,6 +38,14 @@ export interface IommuGroup {
 export interface IommuGroupOptions {
   /** pcie_acs_override= forms: `downstream`, `multifunction`, `id:vvvv:dddd`, comma-combined. */
   readonly acsOverride?: string | AcsOverride;
+}
+
+const AMD = 0x1022;
+
+/** An AMD root complex next to its IOMMU function: outside the IVRS device scope (no group). */
+export function outsideIvrs(tree: PciTree, f: PciFunction): boolean {
+  if (f.vendor !== AMD || f.type !== 'host-bridge' || f.slot !== 0 || f.fn !== 0) return false;
+  return tree.slotSiblings(f).some((o) => o.fn === 2 && o.iommu && o.vendor === AMD);
 }
 
 class Grouper {
@@ -53,7 +66,7 @@ class Grouper {
   }
 
   probe(f: PciFunction): void {
-    if (f.iommu || this.groupOf.has(f.bdf)) return;
+    if (f.iommu || this.groupOf.has(f.bdf) || outsideIvrs(this.tree, f)) return;
     const g = this.pciDeviceGroup(f) ?? this.next++;
     this.groupOf.set(f.bdf, g);
   }
@@ -67,14 +80,13 @@ class Grouper {
     if (aliasGroup !== undefined) return aliasGroup;
 
     let pdev = last;
-    for (let bus = this.tree.busOf(pdev); !this.tree.isRootBus(bus); ) {
+    for (let bus: string | undefined = this.tree.busOf(pdev); bus !== undefined && !this.tree.isRootBus(bus); bus = this.tree.parentBus(bus)) {
       const self = this.tree.self(bus);
-      if (!self) break;
+      if (!self) continue; // a virtual bus (SR-IOV VFs) has no bridge
       if (pciAcsPathEnabled(this.tree, self, null, REQ_ACS_FLAGS, this.policy)) break;
       pdev = self;
       const g = this.group(pdev);
       if (g !== undefined) return g;
-      bus = this.tree.busOf(self);
     }
 
     const devfns = new Set<number>();
@@ -107,7 +119,7 @@ class Grouper {
   }
 }
 
-/** The group number of every grouped function (IOMMU functions have none). */
+/** The group number of every grouped function (IOMMU functions and AMD root complexes have none). */
 export function iommuGroupMap(topology: Topology, options: IommuGroupOptions = {}): Map<string, number> {
   const override = toAcsOverride(options.acsOverride);
   const grouper = new Grouper(treeOf(topology), override ? { override } : {});

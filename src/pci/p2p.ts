@@ -12,6 +12,7 @@
  *   - a request entering a root port that is one function of a multifunction root-port device
  *     without RR may be routed to the sibling ports' subtrees; otherwise reaching a root port or
  *     the root bus means reaching the root complex, where the IOMMU sits.
+ * An SR-IOV virtual function on a virtual bus sends through its physical function's link.
  * "In effect" is pci_acs_enabled(dev, RR) with the device quirks (they describe hardware) but
  * without pcie_acs_override (which only pretends). auditIsolation() lists the pairs of devices in
  * different IOMMU groups that can reach each other this way, naming the port, bus or device.
@@ -97,7 +98,8 @@ export function p2pReachable(topology: Topology, from: string): Map<string, P2pV
         device: slotKey(cur.domain, cur.bus, cur.slot),
         requester: cur.bdf,
       });
-    const bus = tree.busOf(cur);
+    let bus = tree.busOf(cur);
+    while (tree.isVirtualBus(bus)) bus = tree.parentBus(bus)!; // VFs use their PF's link
     if (tree.isRootBus(bus)) break; // the root complex: the IOMMU sees it
     const up = tree.self(bus);
     if (!up) break;

@@ -6,6 +6,7 @@
  *     "multifunction": false, "id": "1b36:000c", "class": "0604", "driver": "pcieport",
  *     "bars": [{ "index": 0, "base": "0xfe600000", "size": "4K" }],
  *     "dmaAliases": ["00.1"], "iommu": false }
+ * An SR-IOV virtual function names its physical function: `"physfn": "0000:01:00.0"`.
  * `acs` absent means the function has no ACS capability (unlike an empty cap/ctl). Bus numbers are
  * integers or hex strings ("1a", "0x1a"); BAR base/size are integers, hex strings or sizes with
  * K/M/G/T. Schema errors and the topology cross-checks (topology.ts) are DmaError('EINVAL') naming
@@ -88,6 +89,7 @@ const functionSchema = z.strictObject({
   dmaAliases: z.array(z.string()).optional(),
   iommu: z.boolean().optional(),
   name: z.string().optional(),
+  physfn: z.string().optional(),
 });
 
 const topologySchema = z.strictObject({
@@ -177,6 +179,7 @@ export function parseTopology(input: string | unknown): Topology {
       ...(f.dmaAliases ? { dmaAliases: f.dmaAliases } : {}),
       ...(f.iommu !== undefined ? { iommu: f.iommu } : {}),
       ...(f.name !== undefined ? { name: f.name } : {}),
+      ...(f.physfn !== undefined ? { physfn: f.physfn } : {}),
       origin: `functions[${index}]`,
     };
   });

@@ -3,11 +3,20 @@
  * every other bus, and the per-function facts Linux's IOMMU grouping reads (PCIe port type, ACS
  * capability/control, multifunction, vendor:device ids, explicit DMA aliases, "is an IOMMU").
  * buildTopology() validates a list of function specs the way the PCI core would have to see them
- * (unique BDFs, every bus reached by exactly one bridge or a root bus, bus ranges nested) and
- * derives `multifunction` as Linux does (pci_scan_slot marks every function above 0 multifunction;
- * function 0 follows its header bit).
- * Where we differ from Linux: there are no virtual buses (bus->self == NULL below a root bus, as
- * SR-IOV and VMD create); a bus is either a root bus or the secondary bus of exactly one bridge.
+ * (unique BDFs, every bus reached by exactly one bridge, a root bus or - for SR-IOV virtual
+ * functions - a virtual bus, bus ranges nested) and derives what Linux derives:
+ *   - `multifunction`: pci_scan_slot marks every function above 0 multifunction, function 0
+ *     follows its header bit; a virtual function never is (pci_iov_add_virtfn clears it);
+ *   - virtual buses: VFs whose routing ID lands on a bus no bridge leads to sit on a bus with
+ *     bus->self == NULL whose parent is their PF's bus (virtfn_add_bus);
+ *   - root buses: bus 00 of each domain, and in a VMD domain (number above ffff, made by the vmd
+ *     driver) its lowest bus no bridge leads to (VMD root buses start at 00, 80 or e0);
+ *   - port types as set_pcie_port_type() corrects them: a "downstream port" whose upstream bridge
+ *     is itself a downstream-facing port (root or downstream port, PCI/PCI-X-to-PCIe bridge) acts,
+ *     and is treated, as an upstream port (the type lspci printed stays in `reportedType`).
+ * Where we differ from Linux: the opposite correction (an "upstream port" below an upstream port)
+ * is not applied, because kernels before 6.13 store the corrected type in the wrong bits and
+ * end up with an endpoint; such a port keeps its reported type.
  */
 import { DmaError } from '../errors.js';
 import {
@@ -101,12 +110,17 @@ export interface FunctionSpec {
   name?: string;
   /** Where the entry came from, for messages: `functions[3]` or `lspci line 102`. */
   origin: string;
+  /** For an SR-IOV virtual function: the BDF of its physical function. */
+  physfn?: string;
 }
 
 export interface PciFunction extends Bdf {
   readonly bdf: string; // DDDD:BB:DD.F
   readonly devfn: number;
+  /** As Linux uses it (after set_pcie_port_type's correction). */
   readonly type: PciType;
+  /** The type the source gave, when Linux corrects it (see the module comment). */
+  readonly reportedType?: PciType;
   readonly secondary?: number;
   /** For bridges: the highest bus number below (declared, or computed from the tree). */
   readonly subordinate?: number;
@@ -125,6 +139,8 @@ export interface PciFunction extends Bdf {
   readonly iommu: boolean;
   readonly name?: string;
   readonly origin: string;
+  /** For an SR-IOV virtual function: its physical function (`DDDD:BB:DD.F`). */
+  readonly physfn?: string;
 }
 
 export interface Topology {
@@ -137,7 +153,11 @@ export interface Topology {
 }
 
 export interface BuildOptions {
-  /** Root buses (`DDDD:BB`); 'infer' makes every bus no bridge leads to a root bus (lspci). */
+  /**
+   * Root buses (`DDDD:BB`); 'infer' makes every bus no bridge leads to a root bus (lspci). Bus 00
+   * of each domain, and the lowest bridgeless bus of a VMD domain (above ffff), are root buses
+   * without being named.
+   */
   rootBuses?: readonly string[] | 'infer';
   notes?: readonly string[];
 }
@@ -171,6 +191,21 @@ export function buildTopology(specs: readonly FunctionSpec[], options: BuildOpti
     works.push(w);
   }
   works.sort((x, y) => compareBdf(x.b, y.b));
+
+  // Virtual functions: the PF must exist, be another function, and share the domain.
+  const physfnOf = new Map<string, Work>();
+  for (const w of works) {
+    if (w.spec.physfn === undefined) continue;
+    const pb = parseBdf(w.spec.physfn);
+    if (!pb) fail(w.spec.origin, w.bdf, 'physfn', `"${w.spec.physfn}" is not a PCI address`);
+    if (pb!.domain !== w.b.domain) fail(w.spec.origin, w.bdf, 'physfn', `${formatBdf(pb!)} is in another PCI domain`);
+    const pf = seen.get(formatBdf(pb!));
+    if (!pf) fail(w.spec.origin, w.bdf, 'physfn', `${formatBdf(pb!)} is not in the topology`);
+    if (pf === w || pf!.spec.physfn !== undefined)
+      fail(w.spec.origin, w.bdf, 'physfn', `${pf!.bdf} cannot be the physical function (it is ${pf === w ? 'the function itself' : 'a virtual function'})`);
+    if (isBridge(w.spec.type)) fail(w.spec.origin, w.bdf, 'physfn', `a virtual function cannot be ${withArticle(w.spec.type)}`);
+    physfnOf.set(w.bdf, pf!);
+  }
 
   // Per-entry rules.
   for (const { spec, b, bdf } of works) {
@@ -219,6 +254,11 @@ export function buildTopology(specs: readonly FunctionSpec[], options: BuildOpti
       fail(w.spec.origin, w.bdf, 'secondary', `bus ${key} is already the secondary bus of ${other.bdf} (${other.spec.origin})`);
     bridgeTo.set(key, w);
   }
+  const onBusWorks = new Map<string, Work[]>();
+  for (const w of works) {
+    const key = busKey(w.b.domain, w.b.bus);
+    (onBusWorks.get(key) ?? onBusWorks.set(key, []).get(key)!).push(w);
+  }
   const roots = new Set<string>();
   if (options.rootBuses === 'infer') {
     for (const w of works) {
@@ -231,18 +271,52 @@ export function buildTopology(specs: readonly FunctionSpec[], options: BuildOpti
       if (!p) fail('rootBuses', undefined, 'rootBuses', `"${r}" is not a bus (expected DDDD:BB)`);
       roots.add(busKey(p!.domain, p!.bus));
     }
-    // Bus 00 of every domain is a root bus unless a bridge leads to it.
+    // Bus 00 of every domain is a root bus unless a bridge leads to it. A VMD domain (above
+    // ffff) starts at the bus the VMD's bus restriction gives it (00, 80 or e0): there the lowest
+    // bus no bridge leads to is the root bus, unless rootBuses names one in that domain.
     for (const w of works) {
       const key = busKey(w.b.domain, 0);
       if (!bridgeTo.has(key)) roots.add(key);
+    }
+    const vmdDomains = new Set(works.filter((w) => w.b.domain > 0xffff).map((w) => w.b.domain));
+    for (const d of vmdDomains) {
+      if ([...roots].some((r) => parseBusKey(r)!.domain === d && onBusWorks.has(r))) continue;
+      const buses = works.filter((w) => w.b.domain === d && !bridgeTo.has(busKey(d, w.b.bus))).map((w) => w.b.bus);
+      if (buses.length) roots.add(busKey(d, Math.min(...buses)));
+    }
+  }
+  // A bus that only VFs of PFs on other buses sit on, and that no bridge leads to, is a virtual bus.
+  const virtualParent = new Map<string, string>(); // virtual bus -> parent bus (the PF's)
+  const explicitRoots = new Set(options.rootBuses === 'infer' ? [] : (options.rootBuses ?? []).map((r) => {
+    const p = parseBusKey(r);
+    return p ? busKey(p.domain, p.bus) : r;
+  }));
+  for (const [key, list] of onBusWorks) {
+    if (bridgeTo.has(key) || explicitRoots.has(key)) continue;
+    const pfs = list.map((w) => physfnOf.get(w.bdf));
+    if (pfs.every((pf) => pf !== undefined && busKey(pf.b.domain, pf.b.bus) !== key)) {
+      const parents = new Set(pfs.map((pf) => busKey(pf!.b.domain, pf!.b.bus)));
+      if (parents.size > 1)
+        fail(list[0].spec.origin, list[0].bdf, 'physfn', `virtual functions on bus ${key} belong to physical functions on different buses (${[...parents].join(', ')})`);
+      virtualParent.set(key, [...parents][0]);
+      roots.delete(key);
     }
   }
   for (const [key, w] of bridgeTo)
     if (roots.has(key)) fail(w.spec.origin, w.bdf, 'secondary', `bus ${key} is a root bus; a bridge cannot lead to it`);
   for (const w of works) {
     const key = busKey(w.b.domain, w.b.bus);
-    if (!roots.has(key) && !bridgeTo.has(key))
+    if (!roots.has(key) && !bridgeTo.has(key) && !virtualParent.has(key))
       fail(w.spec.origin, w.bdf, 'bus', `no bridge leads to bus ${key} and it is not a root bus`);
+  }
+  // A virtual bus number must lie in the range of the bridge above its PF (Linux sizes it so).
+  for (const [key, parent] of virtualParent) {
+    const up = bridgeTo.get(parent);
+    const { bus } = parseBusKey(key)!;
+    if (up && up.spec.subordinate !== undefined && (bus < up.spec.secondary! || bus > up.spec.subordinate)) {
+      const w = onBusWorks.get(key)![0];
+      fail(w.spec.origin, w.bdf, 'bus', `virtual bus ${key} lies outside ${hex2(up.spec.secondary!)}-${hex2(up.spec.subordinate)} of ${up.bdf}, the bridge above its physical function`);
+    }
   }
 
   // Subordinate ranges: computed bottom-up (higher buses first) and checked for nesting.
@@ -297,12 +371,31 @@ export function buildTopology(specs: readonly FunctionSpec[], options: BuildOpti
     const key = slotKey(w.b.domain, w.b.bus, w.b.slot);
     (slotFns.get(key) ?? slotFns.set(key, []).get(key)!).push(w);
   }
+  // set_pcie_port_type(): a downstream port below a downstream-facing port acts as an upstream port.
+  // Parents come first in BDF order, so a parent's own correction is already known.
+  const corrected = new Map<string, PciType>();
+  const extraNotes: string[] = [];
+  for (const w of works) {
+    if (w.spec.type !== 'downstream-port') continue;
+    const up = bridgeTo.get(busKey(w.b.domain, w.b.bus));
+    const upType = up && (corrected.get(up.bdf) ?? up.spec.type);
+    if (up && (upType === 'root-port' || upType === 'downstream-port' || upType === 'pci-to-pcie-bridge')) {
+      corrected.set(w.bdf, 'upstream-port');
+      extraNotes.push(`${w.bdf} claims to be a downstream port but sits below ${withArticle(up.spec.type)} (${up.bdf}): Linux treats it as an upstream port`);
+    }
+  }
+
   const functions: PciFunction[] = works.map((w) => {
     const { spec, b, bdf } = w;
-    const siblings = slotFns.get(slotKey(b.domain, b.bus, b.slot))!.filter((o) => o !== w);
-    if (b.fn === 0 && spec.multifunction === false && siblings.length > 0)
+    const pf = physfnOf.get(bdf);
+    // VFs are not found by pci_scan_slot: they neither need function 0's multifunction bit nor set it.
+    const siblings = slotFns.get(slotKey(b.domain, b.bus, b.slot))!.filter((o) => o !== w && !physfnOf.has(o.bdf));
+    if (!pf && b.fn === 0 && spec.multifunction === false && siblings.length > 0)
       fail(spec.origin, bdf, 'multifunction', `false, but ${siblings[0].bdf} exists in the same slot: Linux scans functions 1-7 only when function 0's header says multifunction`);
-    const multifunction = b.fn > 0 ? true : (spec.multifunction ?? siblings.length > 0);
+    if (pf && spec.multifunction === true)
+      fail(spec.origin, bdf, 'multifunction', `true, but a virtual function is never multifunction (Linux clears the flag for VFs)`);
+    const multifunction = pf ? false : b.fn > 0 ? true : (spec.multifunction ?? siblings.length > 0);
+    const type = corrected.get(bdf) ?? spec.type;
     const aliases: number[] = [];
     for (const [i, a] of (spec.dmaAliases ?? []).entries()) {
       const devfn = parseAlias(a, b);
@@ -318,7 +411,8 @@ export function buildTopology(specs: readonly FunctionSpec[], options: BuildOpti
       slot: b.slot,
       fn: b.fn,
       devfn: devfnOf(b.slot, b.fn),
-      type: spec.type,
+      type,
+      ...(type !== spec.type ? { reportedType: spec.type } : {}),
       ...(isBridge(spec.type) ? { secondary: spec.secondary, subordinate: subordinate.get(bdf) } : {}),
       ...(spec.acs ? { acs: { cap: spec.acs.cap, ctl: spec.acs.ctl } } : {}),
       multifunction,
@@ -332,11 +426,13 @@ export function buildTopology(specs: readonly FunctionSpec[], options: BuildOpti
       iommu: spec.iommu ?? false,
       ...(spec.name !== undefined ? { name: spec.name } : {}),
       origin: spec.origin,
+      ...(pf ? { physfn: pf.bdf } : {}),
     };
     return f;
   });
 
-  return { functions, rootBuses: [...roots].sort(), notes: [...(options.notes ?? [])] };
+  const notes = [...new Set([...(options.notes ?? []), ...extraNotes])];
+  return { functions, rootBuses: [...roots].sort(), notes };
 }
 
 function parseAlias(text: string, own: Bdf): number | undefined {
@@ -354,7 +450,7 @@ function parseAlias(text: string, own: Bdf): number | undefined {
 export function specOf(f: PciFunction): FunctionSpec {
   return {
     bdf: f.bdf,
-    type: f.type,
+    type: f.reportedType ?? f.type,
     ...(f.secondary !== undefined ? { secondary: f.secondary, subordinate: f.subordinate } : {}),
     ...(f.acs ? { acs: { ...f.acs } } : {}),
     ...(f.headerMultifunction !== undefined ? { multifunction: f.headerMultifunction } : {}),
@@ -367,12 +463,14 @@ export function specOf(f: PciFunction): FunctionSpec {
     iommu: f.iommu,
     ...(f.name !== undefined ? { name: f.name } : {}),
     origin: f.origin,
+    ...(f.physfn !== undefined ? { physfn: f.physfn } : {}),
   };
 }
 
 /**
- * Lookups over a topology: the bridge that leads to a bus (Linux's bus->self), the functions on a
- * bus, root buses, subtrees. Built once per topology object and cached.
+ * Lookups over a topology: the bridge that leads to a bus (Linux's bus->self), the parent of a bus
+ * (bus->parent), the functions on a bus, root buses, subtrees. Built once per topology object and
+ * cached.
  */
 export class PciTree {
   readonly topology: Topology;
@@ -380,6 +478,7 @@ export class PciTree {
   private readonly onBus = new Map<string, PciFunction[]>();
   private readonly selfOf = new Map<string, PciFunction>();
   private readonly roots: ReadonlySet<string>;
+  private readonly virtualParent = new Map<string, string>();
 
   constructor(topology: Topology) {
     this.topology = topology;
@@ -390,6 +489,12 @@ export class PciTree {
       if (f.secondary !== undefined) this.selfOf.set(busKey(f.domain, f.secondary), f);
     }
     this.roots = new Set(topology.rootBuses);
+    for (const f of topology.functions) {
+      const key = busKey(f.domain, f.bus);
+      if (f.physfn === undefined || this.roots.has(key) || this.selfOf.has(key)) continue;
+      const pf = this.byBdf.get(f.physfn);
+      if (pf) this.virtualParent.set(key, busKey(pf.domain, pf.bus));
+    }
   }
 
   get(bdf: string): PciFunction | undefined {
@@ -414,9 +519,20 @@ export class PciTree {
     return this.roots.has(key);
   }
 
-  /** bus->self: the bridge whose secondary bus this is (undefined for a root bus). */
+  /** bus->self: the bridge whose secondary bus this is (undefined for a root or virtual bus). */
   self(key: string): PciFunction | undefined {
     return this.selfOf.get(key);
+  }
+
+  /** bus->parent: the bus the bridge to this bus sits on, or a virtual bus's PF bus. */
+  parentBus(key: string): string | undefined {
+    const self = this.selfOf.get(key);
+    return self ? busKey(self.domain, self.bus) : this.virtualParent.get(key);
+  }
+
+  /** A bus SR-IOV created for VFs: no bridge leads to it (bus->self == NULL). */
+  isVirtualBus(key: string): boolean {
+    return this.virtualParent.has(key);
   }
 
   functionsOn(key: string): readonly PciFunction[] {
