@@ -89,6 +89,7 @@ export class Machine {
   private readonly records = new Map<string, DeviceRecord>();
   /** Devices being started, by BDF (their address is taken). */
   private readonly adding = new Map<string, Promise<Device>>();
+  private readonly addingRid = new Map<string, number>();
   private closing: Promise<void> | null = null;
   private flushes = 0;
 
@@ -127,12 +128,21 @@ export class Machine {
     const bdf = formatBdf(b);
     // Reserved before the first await, so two adds of one address cannot both proceed.
     if (this.records.has(bdf) || this.adding.has(bdf)) throw new DmaError('EEXIST', `device ${bdf}: a device is already present at that address`);
-    const started = this.startDevice(bdf, pciDevId(b.bus, devfnOf(b.slot, b.fn)), cfg);
+    const requesterId = pciDevId(b.bus, devfnOf(b.slot, b.fn));
+    const clash = [...this.records.values()].map((r) => r.dev).find((d) => d.requesterId === requesterId)?.bdf ?? [...this.addingRid.entries()].find(([, r]) => r === requesterId)?.[0];
+    if (clash !== undefined) {
+      // Where we differ: one context table serves every PCI segment, so the 16-bit requester ID
+      // must be unique across segments (Linux has an IOMMU, and context tables, per segment).
+      throw new DmaError('EEXIST', `device ${bdf}: requester ID ${formatRid(requesterId)} is already used by device ${clash}; this machine's IOMMU tells devices apart by requester ID only`);
+    }
+    this.addingRid.set(bdf, requesterId);
+    const started = this.startDevice(bdf, requesterId, cfg);
     this.adding.set(bdf, started);
     try {
       return await started;
     } finally {
       this.adding.delete(bdf);
+      this.addingRid.delete(bdf);
     }
   }
 
@@ -154,6 +164,7 @@ export class Machine {
       const dmaDev: DmaDevice = {
         bdf,
         dmaMaskBits: cfg.dmaMask,
+        translated: unit.enabled,
         get domain() {
           return resolveDomain();
         },
@@ -284,6 +295,10 @@ export class Machine {
   private checkOpen(op: string): void {
     if (this.closing) throw new DmaError('ESHUTDOWN', `machine.${op}: the machine is closed`);
   }
+}
+
+function formatRid(rid: number): string {
+  return `${(rid >>> 8).toString(16).padStart(2, '0')}:${((rid >>> 3) & 31).toString(16).padStart(2, '0')}.${rid & 7}`;
 }
 
 function ridToBdf(rid: number): string {

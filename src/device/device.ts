@@ -122,6 +122,7 @@ export class Device {
   private pumping = false;
   private failure: DmaError | null = null;
   private closed = false;
+  private closing: Promise<void> | null = null;
   private worker: ControlledWorker<DeviceWorkerApi> | null = null;
 
   private constructor(p: DeviceStartParams) {
@@ -279,8 +280,12 @@ export class Device {
    * Stops the device (after the descriptor it is executing) and ends its worker. Descriptors
    * still outstanding are rejected with EIO.
    */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
     this.closed = true;
     const w = this.worker;
     Atomics.store(this.ctl, STOP, 1);

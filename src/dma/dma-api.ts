@@ -30,6 +30,8 @@ export interface DmaDevice {
   readonly dmaMaskBits: number;
   /** Its domain when an IOMMU translates for it; null when nothing does. */
   readonly domain: Domain | null;
+  /** Whether an IOMMU sits between the device and RAM (then a null domain is an error). */
+  readonly translated: boolean;
 }
 
 export interface DmaMapping {
@@ -75,6 +77,12 @@ export class DmaApi {
     if (this.closed) throw new DmaError('ESHUTDOWN', `dma: mapSingle for device ${dev?.bdf}: the machine is closed`);
     this.check(dev, pa, len, dir);
     const domain = dev.domain;
+    if (!domain && dev.translated) {
+      throw new DmaError(
+        'ENOENT',
+        `dma: device ${dev.bdf} is behind an IOMMU but attached to no domain this machine knows (detached, or a domain made elsewhere: map through that Domain itself)`,
+      );
+    }
     if (domain && domain.type === 'dma') return this.mapIommu(dev, domain, pa, len, dir);
     if (domain && domain.type === 'blocked') {
       throw new DmaError('EPERM', `dma: device ${dev.bdf} is attached to a blocking ${domain.name}: no DMA mapping is possible`);

@@ -2,24 +2,30 @@
  * The context table: which domain each requester ID is attached to (VT-d's root/context
  * entries, flattened to one word per 16-bit requester ID).
  *
- * Layout: Int32Array of 65536 words, indexed by requester ID (bus << 8 | devfn).
- *   0 = no context entry (DMA from that ID faults with reason 'no-context')
- *   n = attached to domain n - 1
- * Writers: whoever attaches or detaches (driver side, any thread), with Atomics.store.
- * Readers: devices, once per transfer, with Atomics.load.
+ * Layout: Int32Array of 65536 words, indexed by requester ID (bus << 8 | devfn), then one word:
+ *   [rid]   0 = no context entry (DMA from that ID faults with reason 'no-context')
+ *           n = attached to domain n - 1
+ *   [65536] futex mutex serializing attach/detach (the context entry and the domain's attached
+ *           set change together), as Linux's group mutex does
+ * Writers: whoever attaches or detaches (driver side, any thread), with the mutex held and
+ * Atomics.store. Readers: devices, once per transfer, with Atomics.load (no lock).
  */
 export interface ContextTableHandle {
   readonly sab: SharedArrayBuffer;
 }
+
+import { FutexMutex } from '../shared/futex-mutex.js';
 
 export const REQUESTER_IDS = 65536;
 
 export class ContextTable {
   readonly handle: ContextTableHandle;
   readonly words: Int32Array;
+  /** Held around every attach/detach. */
+  readonly mutex: FutexMutex;
 
   static create(): ContextTable {
-    return new ContextTable({ sab: new SharedArrayBuffer(REQUESTER_IDS * 4) });
+    return new ContextTable({ sab: new SharedArrayBuffer((REQUESTER_IDS + 1) * 4) });
   }
 
   static attach(handle: ContextTableHandle): ContextTable {
@@ -29,6 +35,7 @@ export class ContextTable {
   private constructor(handle: ContextTableHandle) {
     this.handle = handle;
     this.words = new Int32Array(handle.sab);
+    this.mutex = new FutexMutex(this.words, REQUESTER_IDS);
   }
 
   /** Domain id of a requester ID, or -1. */

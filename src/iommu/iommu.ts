@@ -87,13 +87,19 @@ export class Iommu {
     return id >= 0 ? (this.live.get(id) ?? null) : null;
   }
 
-  /** Points requester ID `rid` (device slot `slot`) at `domain`; a previous domain is left first. */
+  /**
+   * Points requester ID `rid` (device slot `slot`) at `domain`; a previous domain is left first.
+   * Serialized with every other attach/detach, from any thread.
+   */
   attachDevice(rid: number, slot: number, domain: Domain): void {
-    const old = this.contexts.domainOf(rid);
-    if (old === domain.id) return;
-    if (old >= 0) this.detachDevice(rid, slot);
-    this.domainTable.attachDevice(domain.id, slot);
-    this.contexts.set(rid, domain.id);
+    this.contexts.mutex.with(() => {
+      const old = this.contexts.domainOf(rid);
+      if (old !== domain.id && old >= 0) this.detachLocked(rid, slot, old);
+      // The slot joins the attached set even when the ID already points here (an alias of a
+      // device already attached): a strict unmap must wait for every device that can use it.
+      this.domainTable.attachDevice(domain.id, slot);
+      this.contexts.set(rid, domain.id);
+    });
   }
 
   /**
@@ -103,8 +109,13 @@ export class Iommu {
    * Works by domain id, for domains created anywhere.
    */
   detachDevice(rid: number, slot: number): void {
-    const old = this.contexts.domainOf(rid);
-    if (old < 0) return;
+    this.contexts.mutex.with(() => {
+      const old = this.contexts.domainOf(rid);
+      if (old >= 0) this.detachLocked(rid, slot, old);
+    });
+  }
+
+  private detachLocked(rid: number, slot: number, old: number): void {
     this.contexts.clear(rid);
     const gen = this.invalidation.publish(old, 0, 0, false);
     this.epochs.waitFor(slot, gen);
