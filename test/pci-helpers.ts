@@ -8,6 +8,12 @@ import type { FunctionJson, IommuGroup } from '../src/pci/index.js';
 
 export const FIXTURES = new URL('../../shared/fixtures/topologies/', import.meta.url);
 
+/**
+ * Our own topologies, made the same way (Debian 6.1 and 6.12 kernels under QEMU 7.2) by
+ * scripts/qemu-groups/: same file naming as FIXTURES.
+ */
+export const OWN_FIXTURES = new URL('./fixtures/topologies/', import.meta.url);
+
 export function fixtureText(name: string): string {
   return readFileSync(new URL(name, FIXTURES), 'utf8');
 }
