@@ -106,6 +106,25 @@ describe('device DMA through the IOMMU', () => {
     expect(same(m.ram.read(b.pa + 4101, 10000), data)).toBe(true);
   });
 
+  it('invalidates cached pages on both sides of a 4 MiB IOVA boundary (where the IOTLB index hash changes)', async () => {
+    const m = await machine();
+    const dev = await m.addDevice({ bdf: '00:03.0', iotlbEntries: 1024 });
+    const d = m.iommu.domainOf(dev)!;
+    const a = m.ram.alloc(4 * 4096);
+    const b = m.ram.alloc(4 * 4096);
+    m.ram.write(a.pa, pattern(4 * 4096, 12));
+    const EDGE = 0x1000000; // 16 MiB: pages 0xfff and 0x1000 hash into unrelated IOTLB sets
+    d.map((EDGE - 2 * 4096) as never, a.pa, 4 * 4096, IOMMU_READ);
+    d.map((2 * EDGE - 2 * 4096) as never, b.pa, 4 * 4096, IOMMU_WRITE);
+    await dev.copy({ src: dmaAddr(EDGE - 2 * 4096), dst: dmaAddr(2 * EDGE - 2 * 4096), len: 4 * 4096 });
+    expect(same(m.ram.read(b.pa, 4 * 4096), pattern(4 * 4096, 12))).toBe(true);
+    expect(d.unmap((2 * EDGE - 2 * 4096) as never, 4 * 4096)).toBe(4 * 4096); // strict
+    m.ram.fill(b.pa, 4 * 4096, 0);
+    const c = await dev.submit(EDGE - 2 * 4096, 2 * EDGE - 2 * 4096, 4 * 4096, 0);
+    expect(c.status).toBe('fault'); // no page of it survived in the IOTLB
+    expect(allBytes(m.ram.read(b.pa, 4 * 4096), 0)).toBe(true);
+  });
+
   it('counts IOTLB hits and misses', async () => {
     const m = await machine();
     const dev = await m.addDevice({ bdf: '00:03.0' });
