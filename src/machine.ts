@@ -13,7 +13,7 @@ import { Device } from './device/device.js';
 import type { DeviceCounters } from './device/device-control.js';
 import { SQE_SIZE, CQE_SIZE, type RingPlacement } from './device/rings.js';
 import { DmaApi, type DmaDevice, type DmaMapping, type InvalidationMode } from './dma/dma-api.js';
-import { parseBdf, formatBdf, pciDevId, devfnOf } from './pci/bdf.js';
+import { parseBdf, formatBdf, pciDevId, devfnOf, formatDevfn, slotOfDevfn, fnOfDevfn } from './pci/bdf.js';
 import {
   machineConfigSchema,
   deviceConfigSchema,
@@ -109,11 +109,10 @@ export class Machine {
       enabled: cfg.iommu.enabled,
       invalidation: cfg.iommu.invalidation,
       unit,
-      faults: () =>
-        unit.drainFaults().map((f) => ({
-          bdf: [...records.values()].find((r) => r.dev.requesterId === f.requesterId)?.dev.bdf ?? ridToBdf(f.requesterId),
-          ...f,
-        })),
+      faults: () => {
+        const byRid = new Map([...records.values()].map((r) => [r.dev.requesterId, r.dev.bdf]));
+        return unit.drainFaults().map((f) => ({ bdf: byRid.get(f.requesterId) ?? ridToBdf(f.requesterId), ...f }));
+      },
       flush: () => dma.flush(),
       domainOf: (dev: Device) => unit.domainOfRequester(dev.requesterId),
     };
@@ -297,10 +296,11 @@ export class Machine {
   }
 }
 
+/** A requester ID as `BB:DD.F` (no PCI domain: the ID has none). */
 function formatRid(rid: number): string {
-  return `${(rid >>> 8).toString(16).padStart(2, '0')}:${((rid >>> 3) & 31).toString(16).padStart(2, '0')}.${rid & 7}`;
+  return `${(rid >>> 8).toString(16).padStart(2, '0')}:${formatDevfn(rid & 0xff)}`;
 }
 
 function ridToBdf(rid: number): string {
-  return formatBdf({ domain: 0, bus: rid >>> 8, slot: (rid >>> 3) & 31, fn: rid & 7 });
+  return formatBdf({ domain: 0, bus: rid >>> 8, slot: slotOfDevfn(rid & 0xff), fn: fnOfDevfn(rid & 0xff) });
 }
