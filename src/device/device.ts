@@ -205,14 +205,7 @@ export class Device {
       await new Promise<void>((r) => this.spaceWaiters.push(r));
       if (this.failure) throw this.failure;
     }
-    const id = this.nextId;
-    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
-    const done = new Promise<Completion>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-    encodeDescriptor(this.sqView, (this.sqTail % this.queueDepth) * SQE_SIZE, { src, dst, len, flags, id });
-    this.sqTail = (this.sqTail + 1) | 0;
-    // ORDERING: the store publishes the descriptor written above; ring() then loads DEV_SLEEPING.
-    Atomics.store(this.ctl, SQ_TAIL, this.sqTail);
-    this.control.ring();
+    const done = new Promise<Completion>((resolve, reject) => this.post(src, dst, len, flags, { resolve, reject }));
     void this.pump();
     return done;
   }
@@ -227,13 +220,7 @@ export class Device {
     if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
     if (this.pending.size > 0) throw new DmaError('EBUSY', `device ${this.bdf}: submitPolled needs an idle queue (${this.pending.size} descriptors in flight)`);
     let result: Completion | null = null;
-    const id = this.nextId;
-    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
-    this.pending.set(id, { resolve: (c) => (result = c), reject: () => undefined });
-    encodeDescriptor(this.sqView, (this.sqTail % this.queueDepth) * SQE_SIZE, { src, dst, len, flags, id });
-    this.sqTail = (this.sqTail + 1) | 0;
-    Atomics.store(this.ctl, SQ_TAIL, this.sqTail);
-    this.control.ring();
+    this.post(src, dst, len, flags, { resolve: (c) => (result = c), reject: () => undefined });
     const deadline = performance.now() + timeoutMs;
     // ORDERING: each CQ_TAIL load pairs with the device's publishing store.
     while (Atomics.load(this.ctl, CQ_TAIL) === this.cqHead) {
@@ -250,6 +237,18 @@ export class Device {
   /** Device-side doorbell polling instead of sleeping (benchmarks; costs a core while idle). */
   setDoorbellPolling(on: boolean): void {
     this.control.setPolling(on);
+  }
+
+  /** Writes one descriptor into the submission ring, publishes it and rings the doorbell. */
+  private post(src: number, dst: number, len: number, flags: number, waiter: Pending): void {
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    this.pending.set(id, waiter);
+    encodeDescriptor(this.sqView, (this.sqTail % this.queueDepth) * SQE_SIZE, { src, dst, len, flags, id });
+    this.sqTail = (this.sqTail + 1) | 0;
+    // ORDERING: the store publishes the descriptor written above; ring() then loads DEV_SLEEPING.
+    Atomics.store(this.ctl, SQ_TAIL, this.sqTail);
+    this.control.ring();
   }
 
   /** The device's counters (bytes, transfers, IOTLB hits/misses, faults, stale accesses...). */
