@@ -1,6 +1,20 @@
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
-import { IovaAllocator } from '../src/iommu/iova.js';
+import { IovaAllocator, type IovaAllocatorOptions } from '../src/iommu/iova.js';
+import { DmaError } from '../src/errors.js';
+
+/** Pages alloc reserves for a request (alloc_iova_fast rounds below 32 pages up to a power of two). */
+const rounded = (n: number) => (n < 32 ? 2 ** Math.ceil(Math.log2(n)) : n);
+
+function code(f: () => unknown): string | null {
+  try {
+    f();
+    return null;
+  } catch (e) {
+    expect(e).toBeInstanceOf(DmaError);
+    return (e as DmaError).code;
+  }
+}
 
 describe('IOVA allocator', () => {
   it('allocates top-down below the limit, never page 0', () => {
@@ -10,51 +24,293 @@ describe('IOVA allocator', () => {
     const small = IovaAllocator.create(4);
     expect([small.alloc(1, 4), small.alloc(1, 4), small.alloc(1, 4)].sort()).toEqual([1, 2, 3]);
     expect(() => small.alloc(1, 4)).toThrow(/ENOSPC/);
+    expect(small.pagesInUse()).toBe(3); // page 0 is reserved, not counted
   });
 
-  it('aligns ranges to their size rounded up to a power of two', () => {
+  it('rounds requests below 32 pages up to a power of two and aligns every range to its size', () => {
     const a = IovaAllocator.create(4096);
-    expect(a.alloc(3, 4096) % 4).toBe(0);
+    const p3 = a.alloc(3, 4096);
+    expect(p3 % 4).toBe(0);
+    expect(a.pagesInUse()).toBe(4);
     expect(a.alloc(8, 4096) % 8).toBe(0);
+    const p33 = a.alloc(33, 4096); // not cached: exact size, aligned to 64
+    expect(p33 % 64).toBe(0);
+    expect(a.pagesInUse()).toBe(4 + 8 + 33);
+    a.free(p3, 4); // the rounded size is the same range
+    expect(a.pagesInUse()).toBe(8 + 33);
   });
 
-  it('refuses a double free without changing anything', () => {
-    const a = IovaAllocator.create(64);
-    const p = a.alloc(2, 64);
+  it('reuses a cached range: free then alloc of the same size returns it', () => {
+    const a = IovaAllocator.create(1024);
+    const p = a.alloc(2, 1024);
+    const q = a.alloc(2, 1024);
     a.free(p, 2);
-    const used = a.pagesInUse();
-    expect(() => a.free(p, 2)).toThrow(/EINVAL/);
-    expect(a.pagesInUse()).toBe(used);
+    expect(a.pagesInUse()).toBe(2);
+    expect(a.cachedPages()).toBe(2);
+    expect(a.isAllocated(p)).toBe(false);
+    expect(a.alloc(2, 1024)).toBe(p);
+    expect(a.cachedPages()).toBe(0);
+    a.free(q, 2);
+    a.free(p, 2);
+    expect(a.alloc(2, 1024)).toBe(p); // last freed, first reused (LIFO, like a magazine)
   });
 
-  it('never hands out overlapping ranges and honours the limit (model check)', () => {
-    const op = fc.oneof(
-      fc.record({ kind: fc.constant('alloc' as const), n: fc.integer({ min: 1, max: 40 }), limit: fc.integer({ min: 16, max: 512 }) }),
-      fc.record({ kind: fc.constant('free' as const), pick: fc.nat() }),
+  it('honours the limit when the cache holds only ranges above it', () => {
+    const a = IovaAllocator.create(1024);
+    const hi = a.alloc(4, 1024);
+    expect(hi).toBe(1020);
+    a.free(hi, 4);
+    expect(a.cachedPages()).toBe(4);
+    const lo = a.alloc(4, 1023); // the cached range would end one page above this limit
+    expect(lo + 4).toBeLessThanOrEqual(1023);
+    expect(a.alloc(4, 512) + 4).toBeLessThanOrEqual(512);
+    expect(a.cachedPages()).toBe(4); // the cached range above the limit stays cached
+    expect(a.alloc(4, 1024)).toBe(hi);
+  });
+
+  it('flushes every cache and retries when the shared space has no room (alloc_iova_fast)', () => {
+    const a = IovaAllocator.create(8);
+    const pages = Array.from({ length: 7 }, () => a.alloc(1, 8));
+    for (const p of pages) a.free(p, 1);
+    expect(a.cachedPages()).toBe(7);
+    expect(a.alloc(4, 8)).toBe(4);
+    expect(a.cachedPages()).toBe(0);
+    expect(a.pagesInUse()).toBe(4);
+    expect(a.alloc(2, 8)).toBe(2);
+    expect(code(() => a.alloc(2, 8))).toBe('ENOSPC');
+  });
+
+  it('fills magazines, then the depot, then gives ranges back to the shared space', () => {
+    const a = IovaAllocator.create(1024, { magazineSize: 4, depotMagazines: 2 });
+    const ps = Array.from({ length: 32 }, () => a.alloc(1, 1024));
+    for (const p of ps) a.free(p, 1);
+    // loaded + prev (2 × 4) + depot (2 × 4); the rest went back
+    expect(a.depotMagazines()).toEqual([2, 0, 0, 0, 0, 0]);
+    expect(a.cachedPages()).toBe(16);
+    expect(a.pagesInUse()).toBe(0);
+    // the depot refills the magazines when both are empty
+    const again = Array.from({ length: 16 }, () => a.alloc(1, 1024));
+    expect(new Set(again).size).toBe(16);
+    expect(a.cachedPages()).toBe(0);
+    expect(a.depotMagazines()).toEqual([0, 0, 0, 0, 0, 0]);
+    for (const p of again) a.free(p, 1);
+    a.flushCaches();
+    expect(a.cachedPages()).toBe(0);
+    expect(a.pagesInUse()).toBe(0);
+  });
+
+  it('refuses double frees, wrong sizes and foreign addresses without changing anything', () => {
+    const a = IovaAllocator.create(1024);
+    const p = a.alloc(2, 1024);
+    const big = a.alloc(40, 1024);
+    a.free(p, 2);
+    const before = [a.pagesInUse(), a.cachedPages()];
+    expect(() => a.free(p, 2, 'dev 00:03.0')).toThrow(/EINVAL.*0x003fe000.*dev 00:03\.0.*double free/);
+    const q = a.alloc(4, 512);
+    const after = () => [a.pagesInUse(), a.cachedPages()];
+    const state = after();
+    expect(code(() => a.free(q, 1))).toBe('EINVAL'); // allocated as 4 pages
+    expect(code(() => a.free(q, 8))).toBe('EINVAL');
+    expect(code(() => a.free(q + 1, 1))).toBe('EINVAL'); // inside a range
+    expect(code(() => a.free(big, 39))).toBe('EINVAL');
+    expect(code(() => a.free(big, 41))).toBe('EINVAL');
+    expect(code(() => a.free(big, 1))).toBe('EINVAL');
+    expect(code(() => a.free(big + 32, 8))).toBe('EINVAL');
+    expect(code(() => a.free(0, 1))).toBe('EINVAL');
+    expect(code(() => a.free(5, 1))).toBe('EINVAL'); // never handed out
+    expect(code(() => a.free(1023, 2))).toBe('EINVAL'); // past the aperture
+    expect(code(() => a.free(1.5, 1))).toBe('EINVAL');
+    expect(after()).toEqual(state);
+    a.free(q, 3); // the requested size is fine too
+    a.free(big, 40);
+    expect(code(() => a.free(big, 40))).toBe('EINVAL');
+    expect(a.pagesInUse()).toBe(0);
+    expect(before[1]).toBe(2);
+  });
+
+  it('refuses bad arguments and names the caller and the limit when full', () => {
+    const a = IovaAllocator.create(64);
+    for (const [n, lim] of [[0, 64], [-1, 64], [1.5, 64], [NaN, 64], [1, 0], [1, NaN], [40, -1]]) {
+      expect(code(() => a.alloc(n, lim))).toBe('EINVAL');
+    }
+    expect(a.pagesInUse()).toBe(0);
+    a.alloc(32, 64);
+    expect(() => a.alloc(32, 64, 'device 00:03.0 (domain 1)')).toThrow(
+      /ENOSPC.*32-page range below 0x00040000 for device 00:03\.0 \(domain 1\) \(32 of 64 IOVA pages in use/,
     );
-    fc.assert(
-      fc.property(fc.array(op, { maxLength: 80 }), (ops) => {
-        const a = IovaAllocator.create(512);
-        const live: Array<[number, number]> = [];
-        const used = () => 1 + live.reduce((s, [, n]) => s + n, 0);
-        for (const o of ops) {
-          if (o.kind === 'alloc') {
-            try {
-              const p = a.alloc(o.n, o.limit);
-              expect(p).toBeGreaterThanOrEqual(1);
-              expect(p + o.n).toBeLessThanOrEqual(o.limit);
-              for (const [q, m] of live) expect(p + o.n <= q || q + m <= p).toBe(true);
-              live.push([p, o.n]);
-            } catch (e) {
-              expect((e as Error).message).toMatch(/ENOSPC/);
-            }
-          } else if (live.length > 0) {
-            const [[p, n]] = live.splice(o.pick % live.length, 1);
-            a.free(p, n);
-          }
-          expect(a.pagesInUse()).toBe(used());
+    expect(() => a.alloc(30, 32, 'd')).toThrow(/30-page range \(rounded to 32\) below 0x00020000 for d/);
+    expect(a.pagesInUse()).toBe(32);
+    expect(() => IovaAllocator.create(1)).toThrow(/EINVAL/);
+    expect(() => IovaAllocator.create(64, { cpuSlots: 0 })).toThrow(/EINVAL/);
+  });
+
+  it('is one allocator from any attachment of its handle; release() gives the slot and its cache back', () => {
+    const a = IovaAllocator.create(256, { cpuSlots: 1 });
+    const b = IovaAllocator.attach(structuredClone(a.handle));
+    const p = a.alloc(1, 256); // a claims the only slot
+    a.free(p, 1);
+    expect(a.cachedPages()).toBe(1);
+    const q = b.alloc(1, 256); // b has no slot: the shared space (a's cache is a's)
+    expect(q).not.toBe(p);
+    expect(a.isAllocated(q)).toBe(true);
+    b.free(q, 1); // straight back
+    expect(b.cachedPages()).toBe(1);
+    const r = b.alloc(2, 256);
+    a.free(r, 2); // freed by another attachment than the one that allocated it
+    expect(b.pagesInUse()).toBe(0);
+    expect(b.cachedPages()).toBe(3);
+    a.release();
+    expect(a.cachedPages()).toBe(0);
+    const s = b.alloc(1, 256); // now b can claim the slot
+    b.free(s, 1);
+    expect(b.cachedPages()).toBe(1);
+    b.release();
+    expect(a.cachedPages()).toBe(0);
+    expect(a.pagesInUse()).toBe(0);
+  });
+
+  it('flushCaches also empties the caches of other attachments', () => {
+    const a = IovaAllocator.create(512);
+    const b = IovaAllocator.attach(a.handle);
+    const pa = [a.alloc(1, 512), a.alloc(8, 512), a.alloc(32, 512)];
+    const pb = [b.alloc(1, 512), b.alloc(4, 512)];
+    a.free(pa[0], 1);
+    a.free(pa[1], 8);
+    b.free(pa[2], 32);
+    b.free(pb[0], 1);
+    b.free(pb[1], 4);
+    expect(a.cachedPages()).toBe(1 + 8 + 32 + 1 + 4);
+    a.flushCaches();
+    expect(a.cachedPages()).toBe(0);
+    // b's magazines still list the flushed ranges: b drops them and allocates correctly
+    const x = b.alloc(4, 512);
+    const y = b.alloc(4, 512);
+    expect(x).not.toBe(y);
+    expect(b.pagesInUse()).toBe(8);
+    b.free(x, 4);
+    b.free(y, 4);
+    b.release();
+    a.release();
+    expect(a.pagesInUse()).toBe(0);
+    expect(a.cachedPages()).toBe(0);
+  });
+
+  type Op =
+    | { kind: 'alloc'; n: number; limit: number }
+    | { kind: 'free'; pick: number }
+    | { kind: 'double'; pick: number }
+    | { kind: 'wrong'; pick: number }
+    | { kind: 'burst'; n: number; count: number }
+    | { kind: 'flush' };
+
+  /** Can the model place a `size`-page range aligned to `align` ending at or below `limit`? */
+  function modelFits(live: Map<number, number>, aperture: number, size: number, limit: number): boolean {
+    let align = 1;
+    while (align < size) align *= 2;
+    const used = new Uint8Array(aperture);
+    used[0] = 1;
+    for (const [p, n] of live) used.fill(1, p, p + n);
+    for (let s = align; s + size <= Math.min(limit, aperture); s += align) {
+      if (used.subarray(s, s + size).every((v) => v === 0)) return true;
+    }
+    return false;
+  }
+
+  function runModel(aperture: number, opts: IovaAllocatorOptions, ops: Op[]): void {
+    const a = IovaAllocator.create(aperture, opts);
+    const live = new Map<number, number>(); // first page → pages reserved
+    const freed: Array<[number, number]> = [];
+    const inUse = () => [...live.values()].reduce((s, n) => s + n, 0);
+    const doAlloc = (n: number, limit: number) => {
+      const size = rounded(n);
+      try {
+        const p = a.alloc(n, limit);
+        expect(p).toBeGreaterThanOrEqual(1);
+        expect(p + size).toBeLessThanOrEqual(Math.min(limit, aperture));
+        for (const [q, m] of live) expect(p + size <= q || q + m <= p).toBe(true);
+        live.set(p, size);
+      } catch (e) {
+        expect((e as DmaError).code).toBe('ENOSPC');
+        expect(a.cachedPages()).toBe(0); // ENOSPC only after every cache was flushed
+        expect(modelFits(live, aperture, size, limit)).toBe(false);
+      }
+    };
+    const doFree = (p: number) => {
+      const n = live.get(p)!;
+      live.delete(p);
+      a.free(p, n);
+      freed.push([p, n]);
+    };
+    for (const o of ops) {
+      const keys = [...live.keys()];
+      if (o.kind === 'alloc') doAlloc(o.n, o.limit);
+      else if (o.kind === 'burst') {
+        const got: number[] = [];
+        for (let i = 0; i < o.count; i++) {
+          const before = live.size;
+          doAlloc(o.n, aperture);
+          if (live.size > before) got.push([...live.keys()].pop()!);
         }
-      }),
+        for (const p of got) doFree(p);
+      } else if (o.kind === 'flush') {
+        a.flushCaches();
+        expect(a.cachedPages()).toBe(0);
+      } else if (o.kind === 'free' && keys.length > 0) {
+        doFree(keys[o.pick % keys.length]);
+      } else if (o.kind === 'double' && freed.length > 0) {
+        const [p, n] = freed[o.pick % freed.length];
+        if (!live.has(p)) {
+          const snap = [a.pagesInUse(), a.cachedPages()];
+          expect(code(() => a.free(p, n))).toBe('EINVAL');
+          expect([a.pagesInUse(), a.cachedPages()]).toEqual(snap);
+        }
+      } else if (o.kind === 'wrong' && keys.length > 0) {
+        const p = keys[o.pick % keys.length];
+        const n = live.get(p)!;
+        const snap = [a.pagesInUse(), a.cachedPages()];
+        for (const bad of n <= 32 ? [n * 2] : [n - 1, n + 1]) expect(code(() => a.free(p, bad))).toBe('EINVAL');
+        expect([a.pagesInUse(), a.cachedPages()]).toEqual(snap);
+      }
+      expect(a.pagesInUse()).toBe(inUse());
+      expect(a.pagesInUse() + a.cachedPages()).toBeLessThan(aperture);
+    }
+    for (const p of [...live.keys()]) doFree(p);
+    a.flushCaches();
+    expect(a.pagesInUse()).toBe(0);
+    expect(a.cachedPages()).toBe(0);
+  }
+
+  const ops = (aperture: number) =>
+    fc.array(
+      fc.oneof(
+        {
+          weight: 6,
+          arbitrary: fc.record({
+            kind: fc.constant('alloc' as const),
+            n: fc.oneof(fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: 64 })),
+            // limits near the top meet the cached ranges (allocation is top-down)
+            limit: fc.oneof(fc.integer({ min: aperture - 40, max: aperture }), fc.integer({ min: 16, max: aperture + 64 })),
+          }),
+        },
+        { weight: 5, arbitrary: fc.record({ kind: fc.constant('free' as const), pick: fc.nat() }) },
+        { weight: 1, arbitrary: fc.record({ kind: fc.constant('double' as const), pick: fc.nat() }) },
+        { weight: 1, arbitrary: fc.record({ kind: fc.constant('wrong' as const), pick: fc.nat() }) },
+        { weight: 1, arbitrary: fc.record({ kind: fc.constant('burst' as const), n: fc.constantFrom(1, 2, 3, 8, 32), count: fc.integer({ min: 1, max: 40 }) }) },
+        { weight: 1, arbitrary: fc.constant({ kind: 'flush' as const }) },
+      ),
+      { maxLength: 80 },
+    );
+
+  it('never hands out overlapping ranges, honours the limit and counts like the model (small magazines)', () => {
+    fc.assert(
+      fc.property(ops(512), (o) => runModel(512, { magazineSize: 3, depotMagazines: 2 }, o)),
+      { numRuns: 150 },
+    );
+  });
+
+  it('never hands out overlapping ranges, honours the limit and counts like the model (default caches)', () => {
+    fc.assert(
+      fc.property(ops(1024), (o) => runModel(1024, {}, o)),
       { numRuns: 100 },
     );
   });

@@ -95,6 +95,12 @@ export class DomainTable {
     Atomics.and(this.words, n * WORDS + 2 + (slot >>> 5), ~(1 << (slot & 31)));
   }
 
+  /** Word k (0 or 1) of domain n's attached-slot mask: slot k * 32 + b is attached when bit b is set. */
+  attachedMask(n: number, k: number): number {
+    // ORDERING: a strict unmap reads the set after it moved the generation.
+    return Atomics.load(this.words, n * WORDS + 2 + k);
+  }
+
   /** Device slots attached to domain n. */
   attached(n: number): number[] {
     const out: number[] = [];
