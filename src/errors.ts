@@ -10,6 +10,7 @@ export type DmaErrorCode =
   | 'ENOMEM' // RAM or page-table pages exhausted
   | 'EBUSY' // resource in use (VFIO group not viable, device busy)
   | 'ENOENT' // no such device, domain or mapping
+  | 'ENODEV' // no such PCI function (not in the topology, not in the group)
   | 'EIO' // a device failed (worker died or reported an error)
   | 'ERANGE' // address beyond what a DMA mask or address width can express
   | 'ESHUTDOWN' // the machine is closed

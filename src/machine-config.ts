@@ -33,10 +33,34 @@ export const machineConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** The bounce-buffer pool in low RAM (Linux: swiotlb=<slabs>[,force]); size 0 = none. */
     swiotlb: z
-      .object({ size: z.number().int().positive() })
+      .object({
+        size: z.number().int().nonnegative().max(1 << 30).refine((n) => n % 4096 === 0, { message: 'must be a multiple of 4096' }).default(4 * 1024 * 1024),
+        /** swiotlb=force: bounce every mapping that is not translated. */
+        force: z.boolean().default(false),
+        /** Areas with their own lock (Linux: one per CPU); a power of two. */
+        areas: pow2(1, 64).default(4),
+      })
       .strict()
-      .optional(),
+      .prefault({}),
+    /**
+     * The PCI topology devices are placed in (machine-topology.ts): a JSON topology (object or
+     * text) as parseTopology takes it, lspci -vvv -nn text, or a parsed Topology. Absent: every
+     * device is its own IOMMU group, its requester ID its BDF.
+     */
+    topology: z.unknown().optional(),
+    /** pcie_acs_override= for the machine's IOMMU groups (downstream, multifunction, id:vvvv:dddd). */
+    acsOverride: z.string().optional(),
+    /** DMA-API debugging (CONFIG_DMA_API_DEBUG): check every unmap and sync against its mapping. */
+    dmaDebug: z
+      .object({
+        enabled: z.boolean().default(false),
+        /** Mappings it can record (Linux: dma_debug_entries). */
+        entries: z.number().int().min(1).max(1 << 20).default(16384),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 
@@ -50,6 +74,24 @@ export const deviceConfigSchema = z
     /** PCIe Max_Payload_Size. */
     maxPayload: pow2(128, 4096).default(256),
     iotlbEntries: pow2(1, 65536).default(64),
+    /** dma_set_max_seg_size (PCI default 64 KiB). */
+    maxSegmentSize: z.number().int().min(4096).max(2 ** 32).default(65536),
+    /** dma_set_seg_boundary: 2^n - 1 (PCI default 4 GiB - 1). */
+    segmentBoundaryMask: z
+      .number()
+      .int()
+      .min(4095)
+      .max(2 ** 48 - 1)
+      .refine((n) => 2 ** Math.round(Math.log2(n + 1)) === n + 1, { message: 'must be 2^n - 1' })
+      .default(0xffffffff),
+    /** dma_set_min_align_mask: low bits a bounce buffer keeps (NVMe: 4095). */
+    minAlignMask: z
+      .number()
+      .int()
+      .min(0)
+      .max(0xffff)
+      .refine((n) => ((n + 1) & n) === 0, { message: 'must be 2^n - 1' })
+      .default(0),
   })
   .strict();
 

@@ -3,7 +3,6 @@
  * The public entry point of the library (DESIGN.md's "Public API").
  */
 import { DmaError } from './errors.js';
-import type { Pa } from './addresses.js';
 import { GuestRam } from './memory/guest-ram.js';
 import { Iommu } from './iommu/iommu.js';
 import type { Domain } from './iommu/domain.js';
@@ -12,8 +11,14 @@ import { Iotlb } from './iommu/iotlb.js';
 import { Device } from './device/device.js';
 import type { DeviceCounters } from './device/device-control.js';
 import { SQE_SIZE, CQE_SIZE, type RingPlacement } from './device/rings.js';
-import { DmaApi, type DmaDevice, type DmaMapping, type InvalidationMode } from './dma/dma-api.js';
-import { parseBdf, formatBdf, pciDevId, devfnOf, formatDevfn, slotOfDevfn, fnOfDevfn } from './pci/bdf.js';
+import { DmaApi, type DmaApiStats, type DmaCoherent, type DmaDevice, type InvalidationMode } from './dma/dma-api.js';
+import { Swiotlb } from './dma/swiotlb.js';
+import { dmaDeviceInfo } from './dma/dma-device.js';
+import type { DriverHandle } from './dma/driver-handle.js';
+import { DmaDebug } from './dma/dma-debug.js';
+import { parseBdf, formatBdf } from './pci/bdf.js';
+import { MachinePci, type Placement } from './machine-topology.js';
+import { Vfio } from './vfio/index.js';
 import {
   machineConfigSchema,
   deviceConfigSchema,
@@ -25,7 +30,13 @@ import {
 } from './machine-config.js';
 
 export interface Fault {
+  /**
+   * The device whose DMA carried this requester ID; for an alias several devices share (behind
+   * a PCIe-to-PCI bridge) the requester ID itself as a BDF (see machine-topology.ts).
+   */
   bdf: string;
+  /** Every device of the machine whose DMA carries this requester ID. */
+  devices: string[];
   requesterId: number;
   addr: number;
   access: FaultAccess;
@@ -52,8 +63,16 @@ export interface MachineStats {
   invalidations: { strict: number; lazy: number };
   flushes: number;
   liveMappings: number;
+  /** Bytes the CPU copied into and out of SWIOTLB slots. */
+  bouncedBytes: number;
+  bounceSlotsInUse: number;
+  /** The DMA API's own counters (maps by path, sg, coherent, syncs). */
+  dma: DmaApiStats;
   ramPagesInUse: number;
   pageTablePages: number;
+  /** Transfers and bytes routed peer-to-peer to another function's BAR (the IOMMU never saw them). */
+  p2pTransfers: number;
+  p2pBytes: number;
   devices: Record<string, DeviceCounters>;
 }
 
@@ -74,10 +93,10 @@ export interface MachineIommu {
 interface DeviceRecord {
   dev: Device;
   dmaDev: DmaDevice;
-  ringBufs: { sq: { pa: Pa; size: number }; cq: { pa: Pa; size: number } };
-  ringMaps: DmaMapping[];
-  /** The default DMA domain the machine created for the device (destroyed at close). */
-  ownDomain: Domain | null;
+  /** Its descriptor and completion rings (coherent DMA memory). */
+  rings: DmaCoherent[];
+  /** Where it sits on PCI: requester IDs, group (whose domain it shares), P2P routes. */
+  placement: Placement;
 }
 
 export class Machine {
@@ -89,30 +108,54 @@ export class Machine {
   private readonly records = new Map<string, DeviceRecord>();
   /** Devices being started, by BDF (their address is taken). */
   private readonly adding = new Map<string, Promise<Device>>();
-  private readonly addingRid = new Map<string, number>();
   private closing: Promise<void> | null = null;
   private flushes = 0;
+  private pciState: MachinePci | null = null;
+  private vfioState: Vfio | null = null;
 
   static async create(config: MachineConfig = {}): Promise<Machine> {
-    return new Machine(parseConfig(machineConfigSchema, config, 'config'));
+    const m = new Machine(parseConfig(machineConfigSchema, config, 'config'));
+    void m.pci; // the topology is parsed and grouped now: its errors belong to create()
+    return m;
+  }
+
+  /** PCI as the machine sees it: topology, IOMMU groups, placement, BARs, the isolation audit. */
+  get pci(): MachinePci {
+    this.pciState ??= new MachinePci(this.unit, {
+      topology: this.config.topology,
+      acsOverride: this.config.acsOverride,
+      flushQueueSize: this.config.iommu.flushQueueSize,
+    });
+    return this.pciState;
+  }
+
+  /** VFIO: containers, groups and device handles over the machine's IOMMU groups. */
+  get vfio(): Vfio {
+    this.vfioState ??= new Vfio({ pci: this.pci, unit: this.unit, ram: this.ram, device: (bdf) => this.device(bdf) });
+    return this.vfioState;
   }
 
   private constructor(cfg: ResolvedMachineConfig) {
     this.config = cfg;
     this.ram = GuestRam.create(cfg.ram);
     this.unit = Iommu.create({ enabled: cfg.iommu.enabled, tables: cfg.iommu.tables, faultRing: cfg.iommu.faultRing });
-    this.dma = new DmaApi(this.ram, cfg.iommu.invalidation, cfg.iommu.flushTimeoutMs);
+    // Linux allocates the default SWIOTLB pool early from low memory; so does the machine.
+    const swiotlb = cfg.swiotlb.size > 0 ? Swiotlb.create(this.ram, { size: cfg.swiotlb.size, areas: cfg.swiotlb.areas }) : null;
+    this.dma = DmaApi.create(this.ram, this.unit, {
+      dmaOwner: (dev) => (this.vfioState && this.pciState?.dmaOwnedByVfio(dev.bdf) ? 'vfio-pci' : null),
+      mode: cfg.iommu.invalidation,
+      flushTimeoutMs: cfg.iommu.flushTimeoutMs,
+      swiotlb,
+      forceBounce: cfg.swiotlb.force,
+      debug: cfg.dmaDebug.enabled ? DmaDebug.create({ entries: cfg.dmaDebug.entries }) : null,
+    });
     const unit = this.unit;
     const dma = this.dma;
-    const records = this.records;
     this.iommu = {
       enabled: cfg.iommu.enabled,
       invalidation: cfg.iommu.invalidation,
       unit,
-      faults: () => {
-        const byRid = new Map([...records.values()].map((r) => [r.dev.requesterId, r.dev.bdf]));
-        return unit.drainFaults().map((f) => ({ bdf: byRid.get(f.requesterId) ?? ridToBdf(f.requesterId), ...f }));
-      },
+      faults: () => unit.drainFaults().map((f) => ({ ...this.pci.describeRequester(f.requesterId), ...f })),
       flush: () => dma.flush(),
       domainOf: (dev: Device) => unit.domainOfRequester(dev.requesterId),
     };
@@ -127,65 +170,56 @@ export class Machine {
     const bdf = formatBdf(b);
     // Reserved before the first await, so two adds of one address cannot both proceed.
     if (this.records.has(bdf) || this.adding.has(bdf)) throw new DmaError('EEXIST', `device ${bdf}: a device is already present at that address`);
-    const requesterId = pciDevId(b.bus, devfnOf(b.slot, b.fn));
-    const clash = [...this.records.values()].map((r) => r.dev).find((d) => d.requesterId === requesterId)?.bdf ?? [...this.addingRid.entries()].find(([, r]) => r === requesterId)?.[0];
-    if (clash !== undefined) {
-      // Where we differ: one context table serves every PCI segment, so the 16-bit requester ID
-      // must be unique across segments (Linux has an IOMMU, and context tables, per segment).
-      throw new DmaError('EEXIST', `device ${bdf}: requester ID ${formatRid(requesterId)} is already used by device ${clash}; this machine's IOMMU tells devices apart by requester ID only`);
-    }
-    this.addingRid.set(bdf, requesterId);
-    const started = this.startDevice(bdf, requesterId, cfg);
+    // Its place on PCI (machine-topology.ts): requester ID after aliasing, IOMMU group, P2P
+    // routes; refuses a BDF the topology has no endpoint at, or a requester ID in use.
+    const placement = this.pci.place(bdf);
+    const started = this.startDevice(bdf, placement.requesterId, cfg, placement);
     this.adding.set(bdf, started);
     try {
       return await started;
+    } catch (e) {
+      this.pci.release(placement, -1); // the reservation, if startDevice did not take it back
+      throw e;
     } finally {
       this.adding.delete(bdf);
-      this.addingRid.delete(bdf);
     }
   }
 
-  private async startDevice(bdf: string, requesterId: number, cfg: ResolvedDeviceConfig): Promise<Device> {
+  private async startDevice(bdf: string, requesterId: number, cfg: ResolvedDeviceConfig, placement: Placement): Promise<Device> {
     const unit = this.unit;
     const slot = unit.epochs.claim();
-    let domain: Domain | null = null;
     const undo: Array<() => void> = [() => unit.epochs.release(slot)];
     try {
-      if (unit.enabled) {
-        // The default DMA domain of its (single-device) IOMMU group.
-        const d = unit.createDomain('dma', { flushQueueSize: this.config.iommu.flushQueueSize });
-        domain = d;
-        undo.push(() => unit.destroyDomain(d));
-        unit.attachDevice(requesterId, slot, d);
-        undo.push(() => unit.detachDevice(requesterId, slot));
-      }
+      // Every alias gets a context entry for the group's domain (created with its first device).
+      this.pci.attach(placement, slot);
+      undo.push(() => this.pci.release(placement, slot));
       const resolveDomain = () => unit.domainOfRequester(requesterId);
       const dmaDev: DmaDevice = {
         bdf,
+        requesterId,
         dmaMaskBits: cfg.dmaMask,
+        maxSegmentSize: cfg.maxSegmentSize,
+        segmentBoundaryMask: cfg.segmentBoundaryMask,
+        minAlignMask: cfg.minAlignMask,
         translated: unit.enabled,
         get domain() {
           return resolveDomain();
         },
       };
-      // The rings, as a driver allocates them: reachable RAM, mapped for the device.
-      const below = Math.min(2 ** cfg.dmaMask, Number.MAX_SAFE_INTEGER);
-      const sqBuf = this.ram.alloc(cfg.queueDepth * SQE_SIZE, { below });
-      undo.push(() => this.ram.free(sqBuf));
-      const cqBuf = this.ram.alloc(cfg.queueDepth * CQE_SIZE, { below });
-      undo.push(() => this.ram.free(cqBuf));
-      const sqMap = this.dma.mapSingle(dmaDev, sqBuf.pa, sqBuf.size, 'to-device');
-      undo.push(() => this.dma.unmapSingle(dmaDev, sqMap));
-      const cqMap = this.dma.mapSingle(dmaDev, cqBuf.pa, cqBuf.size, 'from-device');
-      undo.push(() => this.dma.unmapSingle(dmaDev, cqMap));
-      const sq: RingPlacement = { pa: sqBuf.pa, dma: sqMap.addr, depth: cfg.queueDepth };
-      const cq: RingPlacement = { pa: cqBuf.pa, dma: cqMap.addr, depth: cfg.queueDepth };
+      // The rings, as a driver allocates them: coherent DMA memory (never bounced).
+      const sqMem = this.dma.allocCoherent(dmaDev, cfg.queueDepth * SQE_SIZE);
+      undo.push(() => this.dma.freeCoherent(dmaDev, sqMem));
+      const cqMem = this.dma.allocCoherent(dmaDev, cfg.queueDepth * CQE_SIZE);
+      undo.push(() => this.dma.freeCoherent(dmaDev, cqMem));
+      const sq: RingPlacement = { pa: sqMem.cpuAddr, dma: sqMem.addr, depth: cfg.queueDepth };
+      const cq: RingPlacement = { pa: cqMem.cpuAddr, dma: cqMem.addr, depth: cfg.queueDepth };
       const dev = await Device.start({
         bdf,
         requesterId,
         slot,
         model: cfg.model,
         dmaMaskBits: cfg.dmaMask,
+        dmaParams: { maxSegmentSize: cfg.maxSegmentSize, segmentBoundaryMask: cfg.segmentBoundaryMask, minAlignMask: cfg.minAlignMask },
         maxPayload: cfg.maxPayload,
         ram: this.ram,
         iommu: unit.handle,
@@ -193,13 +227,15 @@ export class Machine {
         iotlb: Iotlb.create(cfg.iotlbEntries).handle,
         sq,
         cq,
+        p2p: placement.p2p,
+        bars: placement.bars,
       });
       if (this.closing) {
         // close() began while the worker started: it waits for this add, which takes itself back.
         await dev.close();
         throw new DmaError('ESHUTDOWN', `machine.addDevice: the machine was closed while device ${bdf} was starting`);
       }
-      this.records.set(bdf, { dev, dmaDev, ringBufs: { sq: sqBuf, cq: cqBuf }, ringMaps: [sqMap, cqMap], ownDomain: domain });
+      this.records.set(bdf, { dev, dmaDev, rings: [sqMem, cqMem], placement });
       return dev;
     } catch (e) {
       for (const f of undo.reverse()) {
@@ -211,6 +247,21 @@ export class Machine {
       }
       throw e;
     }
+  }
+
+  /**
+   * What a driver thread needs to map for this machine's devices (DmaApi handle, devices' DMA
+   * parameters and domains): pass it to a piscina task or a worker, then `attachDriver(handle)`.
+   */
+  driverHandle(): DriverHandle {
+    this.checkOpen('driverHandle');
+    return {
+      dma: this.dma.handle,
+      // Devices whose group VFIO owns are not the DMA API's to map for.
+      devices: [...this.records.values()]
+        .filter((r) => !this.pciState?.dmaOwnedByVfio(r.dev.bdf))
+        .map((r) => ({ info: dmaDeviceInfo(r.dmaDev), domain: r.dmaDev.domain?.handle ?? null })),
+    };
   }
 
   /** The devices, in the order they were added. */
@@ -225,19 +276,18 @@ export class Machine {
 
   stats(): MachineStats {
     const devices: Record<string, DeviceCounters> = {};
+    const dma = this.dma.stats();
     const sum = (k: keyof DeviceCounters): number => Object.values(devices).reduce((a, c) => a + c[k], 0);
     let strict = 0;
     let lazy = 0;
-    let flushes = this.flushes;
-    for (const r of this.records.values()) {
-      devices[r.dev.bdf] = r.dev.counters();
-      const d = r.ownDomain;
-      if (d) {
-        const c = d.invalidationCounts();
-        strict += c.strict;
-        lazy += c.lazy;
-        flushes += d.fq.flushes();
-      }
+    let flushes = this.flushes + this.pci.retiredFlushes();
+    for (const r of this.records.values()) devices[r.dev.bdf] = r.dev.counters();
+    // Each domain once: a group's devices share theirs (and VFIO containers have their own).
+    for (const d of this.pci.liveDomains()) {
+      const c = d.invalidationCounts();
+      strict += c.strict;
+      lazy += c.lazy;
+      flushes += d.fq.flushes();
     }
     return {
       bytes: sum('bytesRead') + sum('bytesWritten'),
@@ -253,9 +303,14 @@ export class Machine {
       staleAccesses: sum('staleAccesses'),
       invalidations: { strict, lazy },
       flushes,
-      liveMappings: this.dma.liveMappings(),
+      liveMappings: dma.liveMappings,
+      bouncedBytes: dma.bouncedBytes,
+      bounceSlotsInUse: dma.bounceSlotsInUse,
+      dma,
       ramPagesInUse: this.ram.pagesInUse(),
       pageTablePages: this.unit.pool.inUse(),
+      p2pTransfers: sum('p2pTransfers'),
+      p2pBytes: sum('p2pBytes'),
       devices,
     };
   }
@@ -275,17 +330,17 @@ export class Machine {
     await Promise.allSettled([...this.adding.values()]);
     const recs = [...this.records.values()];
     await Promise.all(recs.map((r) => r.dev.close()));
-    for (const r of recs) for (const m of r.ringMaps) this.dma.unmapSingle(r.dmaDev, m);
+    // VFIO lets go first: handles closed, groups out of their containers, back in default domains.
+    this.vfioState?.close();
+    for (const r of recs) for (const c of r.rings) this.dma.freeCoherent(r.dmaDev, c);
+    // CONFIG_DMA_API_DEBUG: what the driver left mapped is reported, with where it was mapped.
+    this.dma.debug?.reportLeaks();
     this.dma.close(); // flushes lazy queues and stops the flush timer
+    this.dma.swiotlb?.destroy(); // the pool's RAM goes back with the rest
     for (const r of recs) {
-      this.ram.free(r.ringBufs.sq);
-      this.ram.free(r.ringBufs.cq);
-      this.unit.detachDevice(r.dev.requesterId, r.dev.slot);
-      const d = r.ownDomain;
-      if (d) {
-        this.flushes += d.fq.flushes();
-        if (d.attachedSlots().length === 0) this.unit.destroyDomain(d);
-      }
+      // Context entries go (unless a group sibling still uses the alias); the last device of a
+      // group takes the group's domain with it.
+      this.pci.release(r.placement, r.dev.slot);
       this.unit.epochs.release(r.dev.slot);
     }
     this.records.clear();
@@ -296,11 +351,3 @@ export class Machine {
   }
 }
 
-/** A requester ID as `BB:DD.F` (no PCI domain: the ID has none). */
-function formatRid(rid: number): string {
-  return `${(rid >>> 8).toString(16).padStart(2, '0')}:${formatDevfn(rid & 0xff)}`;
-}
-
-function ridToBdf(rid: number): string {
-  return formatBdf({ domain: 0, bus: rid >>> 8, slot: slotOfDevfn(rid & 0xff), fn: fnOfDevfn(rid & 0xff) });
-}

@@ -71,6 +71,10 @@ class DeviceRunner {
   private readonly comp: CompletionEntry = { id: 0, status: 0, bytes: 0, faultReason: 0, faultAddr: 0, faultWrite: false };
   private sqHead = 0;
   private cqTail = 0;
+  /** Ring DMA addresses in use, and the RING_GEN they were read at (device-control.ts). */
+  private sqDma: number;
+  private cqDma: number;
+  private ringGen: number;
   error: string | null = null;
 
   constructor(readonly cfg: DeviceWorkerConfig) {
@@ -80,6 +84,9 @@ class DeviceRunner {
     const factory = MODELS[cfg.model];
     if (!factory) throw new Error(`unknown device model ${cfg.model}`);
     this.model = factory({ engine: this.engine, dmaMaskBits: cfg.dmaMaskBits });
+    this.sqDma = cfg.sq.dma;
+    this.cqDma = cfg.cq.dma;
+    this.ringGen = this.control.ringGen();
     this.sqHead = Atomics.load(this.ctl, SQ_HEAD);
     this.cqTail = Atomics.load(this.ctl, CQ_TAIL);
   }
@@ -121,6 +128,14 @@ class DeviceRunner {
           }
           continue;
         }
+        // New work: the driver may have reprogrammed the rings while the queue was empty.
+        const g = this.control.ringGen();
+        if (g !== this.ringGen) {
+          this.ringGen = g;
+          const r = this.control.ringDma();
+          this.sqDma = r.sq;
+          this.cqDma = r.cq;
+        }
         // One descriptor at a time, checking STOP and CTRL between them.
         while (this.sqHead !== tail && Atomics.load(ctl, STOP) === 0 && Atomics.load(ctl, CTRL) === 0) {
           if (!this.waitForCompletionSpace()) return this.finish(STATE_STOPPED);
@@ -140,23 +155,23 @@ class DeviceRunner {
     const { sq, cq } = this.cfg;
     e.begin();
     try {
-      if (!e.translate(sq.dma + (this.sqHead % sq.depth) * SQE_SIZE, SQE_SIZE, false, this.runs)) {
-        this.error = `${this.cfg.name}: cannot fetch descriptor ${this.sqHead} from the submission ring at ${hexs(sq.dma)}: DMA fault (${faultText(e)})`;
+      if (!e.translate(this.sqDma + (this.sqHead % sq.depth) * SQE_SIZE, SQE_SIZE, false, this.runs)) {
+        this.error = `${this.cfg.name}: cannot fetch descriptor ${this.sqHead} from the submission ring at ${hexs(this.sqDma)}: DMA fault (${faultText(e)})`;
         return false;
       }
       const dv = e.ram.dataView;
-      if (dv !== null && this.runs.count === 1) {
+      if (dv !== null && this.runs.count === 1 && this.runs.bar === null) {
         decodeDescriptor(dv, this.runs.offs[0], this.desc); // in place: no copy, no allocation
       } else {
         e.readRuns(this.runs, this.sqe);
         decodeDescriptor(this.sqeView, 0, this.desc);
       }
       this.model.process(this.desc, this.comp);
-      if (!e.translate(cq.dma + (this.cqTail % cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
-        this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(cq.dma)}: DMA fault (${faultText(e)})`;
+      if (!e.translate(this.cqDma + (this.cqTail % cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
+        this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(this.cqDma)}: DMA fault (${faultText(e)})`;
         return false;
       }
-      if (dv !== null && this.runs.count === 1) {
+      if (dv !== null && this.runs.count === 1 && this.runs.bar === null) {
         encodeCompletion(dv, this.runs.offs[0], this.comp);
       } else {
         encodeCompletion(this.cqeView, 0, this.comp);

@@ -14,9 +14,20 @@
  *   [7] STATE         device: 0 created, 1 running, 2 stopped, 3 failed
  *   [8] CTRL          driver: a control-plane message is pending; leave the data loop briefly
  *   [9] POLL          driver: 1 = poll the doorbell instead of sleeping (benchmarks only)
+ *   [10] RING_GEN     driver: moves each time the ring DMA addresses below are reprogrammed
+ *   [12..13] SQ DMA   driver: submission ring DMA address (low, high 32 bits), plain stores
+ *   [14..15] CQ DMA   driver: completion ring DMA address (low, high 32 bits), plain stores
  * Float64 counters from byte 64 on (STATS below), written only by the device with plain stores
  * after each descriptor (8-byte aligned stores do not tear on the hosts Node runs on); readers
  * may see a count one descriptor old.
+ *
+ * Ring reprogramming (as a driver writes a device's queue base registers, e.g. when VFIO hands
+ * the device to another IOMMU domain): only while no descriptor is outstanding. The driver writes
+ * the addresses with plain stores, then moves RING_GEN with Atomics.add, then (later) publishes
+ * new work with the SQ_TAIL store. The device loads RING_GEN once per batch, after it saw SQ_TAIL
+ * move, and reloads the addresses when it changed.
+ * ORDERING: RING_GEN's seq-cst add orders the address stores before it; the device's load of
+ * SQ_TAIL (which comes later) and then of RING_GEN sees the new generation, and so the addresses.
  *
  * ORDERING (doorbell, Dekker style): the driver stores SQ_TAIL then loads DEV_SLEEPING; the
  * device stores DEV_SLEEPING = 1 then loads SQ_TAIL before sleeping. Seq-cst Atomics mean at
@@ -33,6 +44,9 @@ export const STOP = 6;
 export const STATE = 7;
 export const CTRL = 8;
 export const POLL = 9;
+export const RING_GEN = 10;
+const RING_SQ = 12;
+const RING_CQ = 14;
 
 export const STATE_CREATED = 0;
 export const STATE_RUNNING = 1;
@@ -54,6 +68,9 @@ export const STATS = [
   'faultedBytes',
   'staleAccesses',
   'iotlbFlushes',
+  /** Transfers routed peer-to-peer to another function's BAR (never seen by the IOMMU). */
+  'p2pTransfers',
+  'p2pBytes',
 ] as const;
 export type DeviceStatName = (typeof STATS)[number];
 export type DeviceCounters = Record<DeviceStatName, number>;
@@ -103,6 +120,29 @@ export class DeviceControl {
   setPolling(on: boolean): void {
     Atomics.store(this.ctl, POLL, on ? 1 : 0);
     this.ring();
+  }
+
+  /** Driver side: new ring DMA addresses (see the header: only with no descriptor outstanding). */
+  programRings(sqDma: number, cqDma: number): void {
+    const c = this.ctl;
+    for (const [at, v] of [[RING_SQ, sqDma], [RING_CQ, cqDma]] as const) {
+      const hi = Math.floor(v / 2 ** 32);
+      c[at] = v - hi * 2 ** 32;
+      c[at + 1] = hi;
+    }
+    // ORDERING: publishes the plain stores above to the device's RING_GEN load.
+    Atomics.add(c, RING_GEN, 1);
+  }
+
+  /** Device side: the ring generation; when it moved, read the addresses with ringDma(). */
+  ringGen(): number {
+    // ORDERING: pairs with programRings()'s Atomics.add; the address loads come after it.
+    return Atomics.load(this.ctl, RING_GEN);
+  }
+
+  ringDma(): { sq: number; cq: number } {
+    const c = this.ctl;
+    return { sq: (c[RING_SQ + 1] >>> 0) * 2 ** 32 + (c[RING_SQ] >>> 0), cq: (c[RING_CQ + 1] >>> 0) * 2 ** 32 + (c[RING_CQ] >>> 0) };
   }
 
   /** Rings the doorbell: wakes the device if (and only if) it sleeps. */

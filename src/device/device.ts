@@ -7,6 +7,7 @@
  * sleeps in Atomics.waitAsync on CQ_TAIL with DRV_WAITING raised, so a busy driver is never
  * notified. Nothing on this path is a message; comlink only starts the worker.
  */
+import { PCI_MAX_SEGMENT_SIZE, PCI_SEGMENT_BOUNDARY_MASK } from '../dma/dma-device.js';
 import { DmaError, hex } from '../errors.js';
 import type { DmaAddr } from '../addresses.js';
 import { spawnControlled, type ControlledWorker } from '../control-plane.js';
@@ -43,7 +44,7 @@ import {
   decodeCompletion,
   ringView,
 } from './rings.js';
-import { MAX_TRANSFER } from './dma-engine.js';
+import { MAX_TRANSFER, type P2pRouteConfig } from './dma-engine.js';
 import type { ModelName } from './device-model.js';
 // Type-only: the worker's API shape (no runtime import of worker code).
 import type { DeviceWorkerApi, DeviceWorkerConfig } from '../../workers/device-worker.js';
@@ -83,6 +84,8 @@ export interface DeviceStartParams {
   slot: number;
   model: ModelName;
   dmaMaskBits: number;
+  /** The rest of the device's DMA parameters (Linux's dma_parms); PCI defaults when absent. */
+  dmaParams?: { maxSegmentSize?: number; segmentBoundaryMask?: number; minAlignMask?: number };
   maxPayload: number;
   ram: GuestRam;
   iommu: IommuHandle;
@@ -91,6 +94,10 @@ export interface DeviceStartParams {
   iotlb: IotlbHandle;
   sq: RingPlacement;
   cq: RingPlacement;
+  /** Peer BAR windows the device reaches directly (pci/p2p-route.ts); none without a topology. */
+  p2p?: readonly P2pRouteConfig[];
+  /** The device's own memory BARs' backing, by BAR number (what peers' P2P DMA lands in). */
+  bars?: ReadonlyMap<number, Uint8Array>;
 }
 
 const STOP_GRACE_MS = 2000;
@@ -102,6 +109,10 @@ export class Device {
   readonly slot: number;
   readonly model: ModelName;
   readonly dmaMaskBits: number;
+  /** dma_get_max_seg_size, dma_get_seg_boundary, dma_get_min_align_mask (for the DMA API). */
+  readonly maxSegmentSize: number;
+  readonly segmentBoundaryMask: number;
+  readonly minAlignMask: number;
   readonly queueDepth: number;
   readonly control: DeviceControl;
   /** Whether an IOMMU sits between this device and RAM. */
@@ -111,6 +122,9 @@ export class Device {
   readonly sq: RingPlacement;
   readonly cq: RingPlacement;
   readonly iotlb: IotlbHandle;
+  /** The DMA addresses the device uses for its rings now (programRings() changes them). */
+  private ringAddrs: { sq: number; cq: number };
+  private readonly bars: ReadonlyMap<number, Uint8Array>;
   private readonly ctl: Int32Array;
   private readonly sqView: DataView;
   private readonly cqView: DataView;
@@ -131,6 +145,9 @@ export class Device {
     this.slot = p.slot;
     this.model = p.model;
     this.dmaMaskBits = p.dmaMaskBits;
+    this.maxSegmentSize = p.dmaParams?.maxSegmentSize ?? PCI_MAX_SEGMENT_SIZE;
+    this.segmentBoundaryMask = p.dmaParams?.segmentBoundaryMask ?? PCI_SEGMENT_BOUNDARY_MASK;
+    this.minAlignMask = p.dmaParams?.minAlignMask ?? 0;
     this.resolveDomain = p.resolveDomain;
     this.translated = p.iommu.enabled;
     this.epochs = p.iommu.enabled ? DeviceEpochs.attach(p.iommu.epochs) : null;
@@ -138,6 +155,8 @@ export class Device {
     this.cq = p.cq;
     this.iotlb = p.iotlb;
     this.queueDepth = p.sq.depth;
+    this.ringAddrs = { sq: p.sq.dma, cq: p.cq.dma };
+    this.bars = p.bars ?? new Map();
     this.control = DeviceControl.create();
     this.ctl = this.control.ctl;
     this.sqView = ringView(p.ram, p.sq, SQE_SIZE);
@@ -159,7 +178,7 @@ export class Device {
       name: p.bdf,
       model: p.model,
       dmaMaskBits: p.dmaMaskBits,
-      engine: { ram: p.ram.handle, iommu: p.iommu, requesterId: p.requesterId, slot: p.slot, iotlb: p.iotlb, maxPayload: p.maxPayload },
+      engine: { ram: p.ram.handle, iommu: p.iommu, requesterId: p.requesterId, slot: p.slot, iotlb: p.iotlb, maxPayload: p.maxPayload, ...(p.p2p?.length ? { p2p: p.p2p } : {}) },
       control: dev.control.handle,
       sq: { dma: p.sq.dma, depth: p.sq.depth },
       cq: { dma: p.cq.dma, depth: p.cq.depth },
@@ -249,6 +268,38 @@ export class Device {
     // ORDERING: the store publishes the descriptor written above; ring() then loads DEV_SLEEPING.
     Atomics.store(this.ctl, SQ_TAIL, this.sqTail);
     this.control.ring();
+  }
+
+  /**
+   * Memory BAR `n` of this device as peers see it: what their peer-to-peer DMA wrote (a live
+   * view; CPU writes here are what a peer's P2P read returns). 'ENOENT' when the topology gives
+   * the device no such memory BAR (no topology: no BARs).
+   */
+  bar(n: number): Uint8Array {
+    const b = this.bars.get(n);
+    if (!b) {
+      const have = [...this.bars.keys()];
+      throw new DmaError('ENOENT', `device ${this.bdf}: no memory BAR ${n} (${have.length ? `BARs: ${have.join(', ')}` : 'the topology gives it none'})`);
+    }
+    return b;
+  }
+
+  /** The ring DMA addresses the device uses now. */
+  get ringDma(): { sq: number; cq: number } {
+    return { ...this.ringAddrs };
+  }
+
+  /**
+   * Reprograms the rings' DMA addresses (the same RAM, seen through another IOMMU domain), as a
+   * driver rewrites a device's queue base registers. Only with no descriptor outstanding
+   * ('EBUSY' otherwise). Used by VFIO when a group changes domain.
+   */
+  programRings(sqDma: number, cqDma: number): void {
+    if (this.pending.size > 0) {
+      throw new DmaError('EBUSY', `device ${this.bdf}: its rings cannot be reprogrammed with ${this.pending.size} descriptor(s) in flight`);
+    }
+    this.ringAddrs = { sq: sqDma, cq: cqDma };
+    this.control.programRings(sqDma, cqDma);
   }
 
   /** The device's counters (bytes, transfers, IOTLB hits/misses, faults, stale accesses...). */

@@ -15,6 +15,15 @@
  * into TLPs (at most max-payload bytes, never across a page); TLPs are counted, but the bytes of
  * physically contiguous pages are moved by one copy. The epoch spans the whole descriptor
  * (fetch, copy, completion), so a strict unmap waits at most one descriptor.
+ *
+ * Peer-to-peer: the machine gives the engine the device's P2P routing table (pci/p2p-route.ts):
+ * the windows of other functions' memory BARs that switches route to directly, by the
+ * untranslated address, before any request reaches the IOMMU. translate() checks it first, once
+ * per range (no routes: one compare). A range inside one window becomes a single run in that
+ * BAR's memory (RunList.bar); a range straddling a window edge is refused as 'out-of-range' (we
+ * do not split one transfer between a peer and the IOMMU). BAR memory is a SharedArrayBuffer
+ * backing the first bytes of the BAR (machine-topology.ts caps it): reads past the backing return
+ * zeros and writes there are dropped, as a device ignores writes to unimplemented registers.
  */
 import type { GuestRamHandle } from '../memory/guest-ram.js';
 import { GuestRam } from '../memory/guest-ram.js';
@@ -29,6 +38,18 @@ import { FaultRing, REASON_NOT_PRESENT, REASON_PERMISSION, REASON_OUT_OF_RANGE, 
 import { Iotlb, type IotlbHandle, IOTLB_READ, IOTLB_WRITE, iotlbSlot } from '../iommu/iotlb.js';
 import { STAT } from './device-control.js';
 
+/** One P2P route as the device worker receives it: a peer's BAR window and its memory. */
+export interface P2pRouteConfig {
+  /** Bus address range [base, base + size) of the peer's BAR. */
+  base: number;
+  size: number;
+  /** The peer (`DDDD:BB:DD.F`) and BAR number, for messages. */
+  target: string;
+  bar: number;
+  /** Backing of the BAR's first mem.byteLength bytes (shared with the machine and the peer). */
+  mem: SharedArrayBuffer;
+}
+
 export interface DmaEngineConfig {
   ram: GuestRamHandle;
   iommu: IommuHandle;
@@ -38,6 +59,8 @@ export interface DmaEngineConfig {
   iotlb: IotlbHandle;
   /** PCIe Max_Payload_Size in bytes (128..4096). */
   maxPayload: number;
+  /** Peer BAR windows this device reaches directly (sorted by base, not overlapping). */
+  p2p?: readonly P2pRouteConfig[];
 }
 
 const PAGE = 4096;
@@ -60,8 +83,13 @@ export class RunList {
   readonly offs = new Float64Array(MAX_RUNS);
   readonly lens = new Float64Array(MAX_RUNS);
   count = 0;
+  /** Non-null: the single run is an offset into this peer BAR memory, not into RAM (P2P). */
+  bar: Uint8Array | null = null;
+  /** The BAR window size (the memory may back only its first bytes). */
+  barSize = 0;
   reset(): void {
     this.count = 0;
+    this.bar = null;
   }
   push(off: number, len: number): void {
     const n = this.count;
@@ -106,6 +134,12 @@ export class DmaEngine {
   private regionEnd = 0;
   private regionOffset = 0;
 
+  // Peer-to-peer windows: [p2pLo[i], p2pHi[i]) routes to p2pMem[i].
+  private readonly p2pCount: number;
+  private readonly p2pLo: Float64Array;
+  private readonly p2pHi: Float64Array;
+  private readonly p2pMem: Uint8Array[];
+
   /** Set by translate() when it fails. */
   faultAddr = 0;
   faultReason = 0;
@@ -130,6 +164,11 @@ export class DmaEngine {
     this.tlbTags = this.iotlb.tags;
     this.tlbOffs = this.iotlb.offs;
     this.tlbFlags = this.iotlb.flags;
+    const routes = cfg.p2p ?? [];
+    this.p2pCount = routes.length;
+    this.p2pLo = Float64Array.from(routes, (r) => r.base);
+    this.p2pHi = Float64Array.from(routes, (r) => r.base + r.size);
+    this.p2pMem = routes.map((r) => new Uint8Array(r.mem));
     if (PTE_READ >>> 2 !== IOTLB_READ || PTE_WRITE >>> 2 !== IOTLB_WRITE) throw new Error('PTE and IOTLB permission bits disagree');
   }
 
@@ -193,6 +232,10 @@ export class DmaEngine {
   translate(addr: number, len: number, write: boolean, out: RunList): boolean {
     out.reset();
     if (len === 0) return true;
+    if (this.p2pCount !== 0) {
+      const r = this.routeP2p(addr, len, write, out);
+      if (r !== 0) return r === 1;
+    }
     if (!this.enabled || this.domainType === DOMAIN_IDENTITY) {
       // No translation: the DMA address is the physical address.
       if (this.enabled && this.domain < 0) return this.fault(addr, write, REASON_NO_CONTEXT);
@@ -259,6 +302,38 @@ export class DmaEngine {
     return true;
   }
 
+  /**
+   * The P2P routing check: 0 = not in any peer window (go upstream), 1 = routed to a peer (out
+   * holds one run in its BAR memory), 2 = straddles a window edge (one fault recorded).
+   */
+  private routeP2p(addr: number, len: number, write: boolean, out: RunList): number {
+    const end = addr + len;
+    for (let i = 0; i < this.p2pCount; i++) {
+      const lo = this.p2pLo[i];
+      const hi = this.p2pHi[i];
+      if (addr >= hi || end <= lo) continue;
+      if (addr < lo || end > hi) {
+        this.fault(addr < lo ? lo : hi, write, REASON_OUT_OF_RANGE);
+        return 2;
+      }
+      out.bar = this.p2pMem[i];
+      out.barSize = hi - lo;
+      out.offs[0] = addr - lo;
+      out.lens[0] = len;
+      out.count = 1;
+      this.counts[STAT.tlps] += tlpCount(addr, len, this.maxPayload);
+      return 1;
+    }
+    return 0;
+  }
+
+  /** Counts bytes that went to or came from a peer's BAR. */
+  private countP2p(runs: RunList): void {
+    if (runs.bar === null) return;
+    this.counts[STAT.p2pTransfers]++;
+    this.counts[STAT.p2pBytes] += runs.lens[0];
+  }
+
   /** IOTLB miss: walks the page table and fills entry i; returns i, or -1 when not present. */
   private fill(page: number, i: number): number {
     const pte = walkPage(this.entries, this.root, page);
@@ -321,6 +396,15 @@ export class DmaEngine {
   /** Copies the bytes of `src` runs to `dst` runs (equal total lengths). */
   copyRuns(dst: RunList, src: RunList): void {
     const ram = this.ram;
+    if (dst.bar !== null || src.bar !== null) {
+      // Peer-to-peer on at least one side: through a local buffer (rare, not the fast path).
+      let total = 0;
+      for (let i = 0; i < src.count; i++) total += src.lens[i];
+      const tmp = new Uint8Array(total);
+      this.readRuns(src, tmp);
+      this.writeRuns(dst, tmp);
+      return;
+    }
     if (dst.count === 1 && src.count === 1) {
       ram.copy(dst.offs[0], src.offs[0], src.lens[0]);
       return;
@@ -347,11 +431,27 @@ export class DmaEngine {
 
   /** Fills the runs with one byte value. */
   fillRuns(dst: RunList, value: number): void {
+    if (dst.bar !== null) {
+      const from = dst.offs[0];
+      dst.bar.fill(value, Math.min(from, dst.bar.length), Math.min(from + dst.lens[0], dst.bar.length));
+      this.countP2p(dst);
+      return;
+    }
     for (let i = 0; i < dst.count; i++) this.ram.fillOffset(dst.offs[i], dst.lens[i], value);
   }
 
   /** Copies the runs' bytes out to a local buffer (descriptor fetch). */
   readRuns(src: RunList, into: Uint8Array): void {
+    if (src.bar !== null) {
+      // Bytes past the BAR's backing read as zero.
+      const from = src.offs[0];
+      const n = src.lens[0];
+      const have = Math.max(0, Math.min(n, src.bar.length - from));
+      into.set(src.bar.subarray(from, from + have), 0);
+      into.fill(0, have, n);
+      this.countP2p(src);
+      return;
+    }
     let k = 0;
     for (let i = 0; i < src.count; i++) {
       into.set(this.ram.view(src.offs[i], src.lens[i]), k);
@@ -361,6 +461,14 @@ export class DmaEngine {
 
   /** Copies a local buffer into the runs (completion write). */
   writeRuns(dst: RunList, from: Uint8Array): void {
+    if (dst.bar !== null) {
+      // Bytes past the BAR's backing are dropped.
+      const at = dst.offs[0];
+      const have = Math.max(0, Math.min(dst.lens[0], dst.bar.length - at));
+      dst.bar.set(from.subarray(0, have), at);
+      this.countP2p(dst);
+      return;
+    }
     let k = 0;
     for (let i = 0; i < dst.count; i++) {
       this.ram.view(dst.offs[i], dst.lens[i]).set(from.subarray(k, k + dst.lens[i]));

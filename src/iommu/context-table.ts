@@ -7,8 +7,10 @@
  *           n = attached to domain n - 1
  *   [65536] futex mutex serializing attach/detach (the context entry and the domain's attached
  *           set change together), as Linux's group mutex does
- * Writers: whoever attaches or detaches (driver side, any thread), with the mutex held and
- * Atomics.store. Readers: devices, once per transfer, with Atomics.load (no lock).
+ * Writers: whoever attaches, detaches or replaces (driver side, any thread), with the mutex held
+ * and Atomics.store. Readers: devices, once per transfer, with Atomics.load (no lock).
+ * A replace (Iommu.replaceDomain) is one store from domain a + 1 to domain b + 1: the entry is
+ * never 0 in between, so no transfer meets 'no-context' while a device changes domain.
  */
 export interface ContextTableHandle {
   readonly sab: SharedArrayBuffer;

@@ -115,6 +115,55 @@ export class Iommu {
     });
   }
 
+  /**
+   * Moves requester ID(s) `rid` (used by device slot(s) `slot`) from their domain to `domain` in
+   * one step, as Linux's iommu_group_replace_domain(): there is no moment without a context
+   * entry, so a device's transfer sees either the old domain or the new one, never
+   * 'no-context'. Several IDs and slots (an IOMMU group: every alias of every device) move
+   * together, under one hold of the context mutex:
+   *   1. every slot joins the new domain's attached set (a strict unmap there waits for it);
+   *   2. every context entry switches with one store each;
+   *   3. the old domain keeps its strict guarantee: a flush-all of each old domain is published
+   *      and waited for, as detach does, then the slots leave its attached set.
+   * So when this returns no device can still translate through an old domain. Returns the old
+   * domain ids (empty when no ID had a context: then this is a plain attach).
+   */
+  replaceDomain(rid: number | readonly number[], slot: number | readonly number[], domain: Domain): number[] {
+    const rids = typeof rid === 'number' ? [rid] : rid;
+    const slots = typeof slot === 'number' ? [slot] : slot;
+    return this.contexts.mutex.with(() => {
+      const olds = new Set<number>();
+      for (const s of slots) this.domainTable.attachDevice(domain.id, s);
+      for (const r of rids) {
+        const old = this.contexts.domainOf(r);
+        if (old === domain.id) continue;
+        if (old >= 0) olds.add(old);
+        // ORDERING: one seq-cst store switches the entry; a device's begin() loads it after its
+        // busy mark and re-reads it after acknowledging the flush below (dma-engine.ts).
+        this.contexts.set(r, domain.id);
+      }
+      for (const old of olds) this.leaveLocked(slots, old);
+      return [...olds];
+    });
+  }
+
+  /**
+   * Takes device slot `slot` out of `domain`'s attached set without touching any context entry
+   * (another device still uses the requester ID: an alias). Waits, like detach, until the device
+   * can no longer translate through the domain.
+   */
+  releaseSlot(slot: number, domain: Domain): void {
+    this.contexts.mutex.with(() => this.leaveLocked([slot], domain.id));
+  }
+
+  private leaveLocked(slots: readonly number[], old: number): void {
+    // ORDERING: the flush-all is published after the context entries changed; waitFor returns
+    // once each device is idle or has acknowledged it (and then re-read its context).
+    const gen = this.invalidation.publish(old, 0, 0, false);
+    for (const s of slots) this.epochs.waitFor(s, gen);
+    for (const s of slots) this.domainTable.detachDevice(old, s);
+  }
+
   private detachLocked(rid: number, slot: number, old: number): void {
     this.contexts.clear(rid);
     const gen = this.invalidation.publish(old, 0, 0, false);

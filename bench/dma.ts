@@ -1,0 +1,147 @@
+/**
+ * DMA API suite: map+unmap of one 4 KiB page through the whole API (strict, lazy), driver-thread
+ * scaling (dma_map_benchmark with 2 threads vs 1, interleaved pairs), and bounce vs IOMMU cost
+ * over sizes 64 B … 256 KiB with the size where copying stops being cheaper than mapping.
+ * Baselines are measured in the same run: a raw 4 KiB copyWithin for the map cost, one thread for
+ * the scaling, the IOMMU path for the bounce cost.
+ */
+import { Bench } from 'tinybench';
+import { Machine } from '../src/machine.js';
+import { mapBenchmark } from '../src/dma/map-benchmark.js';
+import { DriverPool } from '../src/dma/driver-pool.js';
+import { GiB, MiB, type Pa } from '../src/addresses.js';
+import type { DmaDirection } from '../src/dma/direction.js';
+import type { Figure } from './figures.js';
+
+const PAIRS = 32; // map+unmap pairs per timed call (a timer read costs ~40 ns)
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+async function p50Ns(fns: Record<string, () => void>, ms: number): Promise<Record<string, number>> {
+  const b = new Bench({ time: ms, warmupTime: Math.min(100, ms) });
+  for (const [name, fn] of Object.entries(fns)) b.add(name, fn);
+  await b.run();
+  const out: Record<string, number> = {};
+  for (const t of b.tasks) {
+    const r = t.result as { latency?: { p50: number } } | undefined;
+    if (!r?.latency) throw new Error(`bench task ${t.name} did not complete`);
+    out[t.name] = r.latency.p50 * 1e6;
+  }
+  return out;
+}
+
+const RAM = [{ base: 0, size: 64 * MiB }, { base: 4 * GiB, size: 64 * MiB }];
+
+/** ns per map+unmap pair of `len` bytes for a 32-bit device and a buffer above 4 GiB. */
+function pairLoop(m: Machine, dev: Parameters<Machine['dma']['mapSingle']>[0], pa: Pa, len: number, dir: DmaDirection): () => void {
+  return () => {
+    for (let i = 0; i < PAIRS; i++) m.dma.unmapSingle(dev, m.dma.mapSingle(dev, pa, len, dir));
+  };
+}
+
+export async function dmaSuite(ms = 400): Promise<Figure[]> {
+  const figures: Figure[] = [];
+
+  // 1. map+unmap of one 4 KiB page, one thread, strict and lazy; a 4 KiB copyWithin beside it.
+  const perMode: Record<string, number> = {};
+  for (const mode of ['strict', 'lazy'] as const) {
+    const m = await Machine.create({ ram: RAM, iommu: { invalidation: mode, flushTimeoutMs: 0 } });
+    try {
+      const dev = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+      const buf = m.ram.alloc(4096, { above: 4 * GiB });
+      const raw = new Uint8Array(m.ram.handle.sab, 0, 16384);
+      const t = await p50Ns({ map: pairLoop(m, dev, buf.pa, 4096, 'bidirectional'), copy: () => raw.copyWithin(8192, 0, 4096) }, ms);
+      perMode[mode] = t.map / PAIRS;
+      perMode.copy = t.copy;
+    } finally {
+      await m.close();
+    }
+  }
+  figures.push({
+    id: 'map-unmap-4k-ns',
+    value: perMode.strict,
+    unit: 'ns',
+    goal: { op: '<=', value: 80 },
+    note: `strict, one attached device, full API; = ${(perMode.strict / perMode.copy).toFixed(2)}× a 4 KiB copyWithin (${perMode.copy.toFixed(0)} ns)`,
+  });
+  figures.push({ id: 'map-unmap-4k-lazy-ns', value: perMode.lazy, unit: 'ns', goal: { op: '<=', value: 80 }, note: 'lazy (flush queue), one attached device, full API' });
+
+  // 2. Driver threads: dma_map_benchmark with 2 threads vs 1, interleaved pairs, median ratio.
+  {
+    const m = await Machine.create({ ram: RAM });
+    const pool = new DriverPool({ threads: 2 });
+    try {
+      await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+      const ratios: number[] = [];
+      let one = 0;
+      let two = 0;
+      for (let i = 0; i < 5; i++) {
+        const r1 = await mapBenchmark(m, { device: '00:03.0', threads: 1, durationMs: ms, pool });
+        const r2 = await mapBenchmark(m, { device: '00:03.0', threads: 2, durationMs: ms, pool });
+        ratios.push(r2.pairsPerSecond / r1.pairsPerSecond);
+        one = r1.mapMeanNs + r1.unmapMeanNs;
+        two = r2.mapMeanNs + r2.unmapMeanNs;
+      }
+      figures.push({
+        id: 'map-unmap-2t-scaling',
+        value: median(ratios),
+        unit: '×1 thread',
+        goal: { op: '>=', value: 1.85 },
+        note: `median of 5 interleaved pairs; map+unmap per pair in a driver thread: ${one.toFixed(0)} ns alone, ${two.toFixed(0)} ns with two`,
+      });
+    } finally {
+      await pool.close();
+      await m.close();
+    }
+  }
+
+  // 3. Bounce (no IOMMU, SWIOTLB) vs IOMMU (strict) for a 32-bit device and a buffer above 4 GiB.
+  const sizes = [64, 256, 1024, 4096, 16384, 65536, 262144];
+  const bounce = await Machine.create({ ram: RAM, iommu: { enabled: false }, swiotlb: { size: 4 * MiB } });
+  const iommu = await Machine.create({ ram: RAM });
+  const rows: Array<{ size: number; bounce: number; iommu: number }> = [];
+  try {
+    const db = await bounce.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+    const di = await iommu.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+    const bb = bounce.ram.alloc(262144, { above: 4 * GiB });
+    const bi = iommu.ram.alloc(262144, { above: 4 * GiB });
+    for (const size of sizes) {
+      const t = await p50Ns({ bounce: pairLoop(bounce, db, bb.pa, size, 'to-device'), iommu: pairLoop(iommu, di, bi.pa, size, 'to-device') }, Math.max(100, ms / 2));
+      rows.push({ size, bounce: t.bounce / PAIRS, iommu: t.iommu / PAIRS });
+    }
+  } finally {
+    await bounce.close();
+    await iommu.close();
+  }
+  // Break-even: where bounce cost crosses IOMMU cost (log-linear between the two sizes around it).
+  let breakeven = sizes[sizes.length - 1];
+  for (let i = 0; i < rows.length; i++) {
+    if (rows[i].bounce >= rows[i].iommu) {
+      if (i === 0) breakeven = rows[0].size;
+      else {
+        const a = rows[i - 1];
+        const b = rows[i];
+        const da = a.iommu - a.bounce;
+        const db2 = b.bounce - b.iommu;
+        const f = da / (da + db2);
+        breakeven = Math.round(2 ** (Math.log2(a.size) + f * (Math.log2(b.size) - Math.log2(a.size))));
+      }
+      break;
+    }
+  }
+  figures.push({
+    id: 'bounce-breakeven-bytes',
+    value: breakeven,
+    unit: 'B',
+    goal: { op: '>=', value: 0 },
+    note: `reported (no goal): to-device map+unmap, bounce vs strict IOMMU, ns: ${rows.map((r) => `${fmtSize(r.size)} ${r.bounce.toFixed(0)}/${r.iommu.toFixed(0)}`).join(', ')}`,
+  });
+  return figures;
+}
+
+function fmtSize(n: number): string {
+  return n >= 1024 ? `${n / 1024}K` : `${n}`;
+}

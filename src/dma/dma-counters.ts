@@ -1,0 +1,95 @@
+/**
+ * Counters of the DMA API, one slot per DmaApi instance (one per thread that maps), so a map
+ * costs a plain store and two threads never write one cache line.
+ *
+ * Layout of its SharedArrayBuffer:
+ *   Int32 [0 .. SLOTS)            owner word per slot: 0 free, 1 taken
+ *   Float64 at byte SLOT_BYTES*(s+1), FIELDS entries per slot (a 128-byte line), written by the owner only
+ * Invariant: a slot's fields only grow while it is taken; a released slot keeps its counts, and
+ * the next owner adds to them, so sums never go backwards.
+ * Readers sum every slot; while threads are mapping a sum is a snapshot, exact when all are idle.
+ */
+import { DmaError } from '../errors.js';
+
+export interface DmaCountersHandle {
+  readonly sab: SharedArrayBuffer;
+}
+
+export const DMA_COUNTER_FIELDS = [
+  'maps',
+  'unmaps',
+  'sgMaps',
+  'sgUnmaps',
+  'coherentAllocs',
+  'coherentFrees',
+  'iommuMaps',
+  'directMaps',
+  'bouncedMaps',
+  'syncs',
+  'mappedBytes',
+] as const;
+export type DmaCounterField = (typeof DMA_COUNTER_FIELDS)[number];
+export type DmaCounterValues = Record<DmaCounterField, number>;
+
+const SLOTS = 64;
+const SLOT_BYTES = 128; // 16 float64: one slot never shares a cache line with another
+/** Field indices, for add(): DMA_COUNTER.maps etc. */
+export const DMA_COUNTER = Object.fromEntries(DMA_COUNTER_FIELDS.map((k, i) => [k, i])) as Record<DmaCounterField, number>;
+
+export class DmaCounters {
+  readonly handle: DmaCountersHandle;
+  private readonly owners: Int32Array;
+  private readonly all: Float64Array;
+  private slot = -1;
+  /** This instance's slot, as a view: counters[FIELD] += n. */
+  private mine: Float64Array | null = null;
+
+  static create(): DmaCounters {
+    return new DmaCounters({ sab: new SharedArrayBuffer(SLOT_BYTES * (SLOTS + 1)) });
+  }
+
+  static attach(handle: DmaCountersHandle): DmaCounters {
+    return new DmaCounters(handle);
+  }
+
+  private constructor(handle: DmaCountersHandle) {
+    this.handle = handle;
+    this.owners = new Int32Array(handle.sab, 0, SLOTS);
+    this.all = new Float64Array(handle.sab, SLOT_BYTES);
+  }
+
+  /** Adds `n` to field `DMA_COUNTER[name]` in this thread's slot (claimed on first use). */
+  add(field: number, n = 1): void {
+    (this.mine ?? this.claim())[field] += n;
+  }
+
+  /** Gives the slot back (its counts stay in the sums). */
+  release(): void {
+    if (this.slot < 0) return;
+    // ORDERING: the counts written above are published before the slot can be reused.
+    Atomics.store(this.owners, this.slot, 0);
+    this.slot = -1;
+    this.mine = null;
+  }
+
+  /** Sums over every slot. */
+  read(): DmaCounterValues {
+    const out = Object.fromEntries(DMA_COUNTER_FIELDS.map((k) => [k, 0])) as DmaCounterValues;
+    for (let s = 0; s < SLOTS; s++) {
+      for (let f = 0; f < DMA_COUNTER_FIELDS.length; f++) out[DMA_COUNTER_FIELDS[f]] += this.all[s * (SLOT_BYTES / 8) + f];
+    }
+    return out;
+  }
+
+  private claim(): Float64Array {
+    for (let s = 0; s < SLOTS; s++) {
+      // ORDERING: taking the slot happens-after the previous owner's release, so its counts are seen.
+      if (Atomics.compareExchange(this.owners, s, 0, 1) === 0) {
+        this.slot = s;
+        this.mine = new Float64Array(this.handle.sab, SLOT_BYTES * (s + 1), SLOT_BYTES / 8);
+        return this.mine;
+      }
+    }
+    throw new DmaError('ENOSPC', `dma: more than ${SLOTS} threads use this machine's DMA API at once (no counter slot left)`);
+  }
+}

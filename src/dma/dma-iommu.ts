@@ -1,0 +1,167 @@
+/**
+ * The IOMMU path of the DMA API (Linux's drivers/iommu/dma-iommu.c): IOVAs from the domain's
+ * allocator below the device's mask, pages mapped with the direction's permissions, and unmap
+ * in strict mode (wait for the invalidation) or lazy mode (the flush queue).
+ *
+ * Where we differ: sg padding up to a segment boundary takes IOVA space but maps nothing
+ * (Linux maps the pad to the physical pages after the entry); and every domain has one flush
+ * queue shared by all threads, not one per CPU.
+ */
+import { DmaError, hex } from '../errors.js';
+import { type Iova, type Pa, PAGE_SIZE, dmaAddr, type DmaAddr } from '../addresses.js';
+import type { Domain } from '../iommu/domain.js';
+import { protOf, type DmaDirection } from './direction.js';
+import { type DmaDeviceInfo, dmaLimit } from './dma-device.js';
+import { layoutIommuSg, finaliseIommuSg, type SgEntry, type DmaSegment } from './scatterlist.js';
+
+export type InvalidationMode = 'strict' | 'lazy';
+
+/** First IOVA page and page count of the range [addr, addr + len) occupies (iova_align). */
+export function iovaRange(addr: number, len: number): { page: number; npages: number } {
+  const page = Math.floor(addr / PAGE_SIZE);
+  return { page, npages: Math.ceil((addr + len) / PAGE_SIZE) - page };
+}
+
+/** iommu_dma_map_page: an IOVA below the mask for the pages of [pa, pa + len). */
+export function iommuMapRange(domain: Domain, dev: DmaDeviceInfo, pa: Pa, len: number, dir: DmaDirection): DmaAddr {
+  const off = pa % PAGE_SIZE;
+  const npages = Math.ceil((off + len) / PAGE_SIZE);
+  const page = allocIova(domain, dev, npages);
+  try {
+    domain.map((page * PAGE_SIZE) as Iova, (pa - off) as Pa, npages * PAGE_SIZE, protOf(dir));
+  } catch (e) {
+    domain.iova.free(page, npages, dev.bdf);
+    throw e;
+  }
+  return dmaAddr(page * PAGE_SIZE + off);
+}
+
+function allocIova(domain: Domain, dev: DmaDeviceInfo, npages: number): number {
+  // `who` is only read on error: the BDF string as is, nothing built per call.
+  return domain.iova.alloc(npages, Math.floor(dmaLimit(dev) / PAGE_SIZE), dev.bdf);
+}
+
+/**
+ * iommu_dma_map_sg: one IOVA range for the whole list, each entry mapped at its place in it,
+ * then the entries concatenated into as few DMA segments as the device's limits allow.
+ */
+export function iommuMapSg(
+  domain: Domain,
+  dev: DmaDeviceInfo,
+  entries: readonly SgEntry[],
+  dir: DmaDirection,
+): { segments: DmaSegment[]; addrs: DmaAddr[]; page: number; npages: number } {
+  const layout = layoutIommuSg(entries, dev.segmentBoundaryMask);
+  const npages = layout.total / PAGE_SIZE;
+  const page = allocIova(domain, dev, npages);
+  const base = page * PAGE_SIZE;
+  const prot = protOf(dir);
+  const mapped: Array<[number, number]> = [];
+  let done = 0;
+  try {
+    // Physically contiguous neighbours that are also IOVA-contiguous go in as one map call.
+    while (done < entries.length) {
+      let end = done + 1;
+      const runPa = entries[done].pa - layout.inPage[done];
+      let runLen = Math.ceil((entries[done].len + layout.inPage[done]) / PAGE_SIZE) * PAGE_SIZE;
+      while (
+        end < entries.length &&
+        layout.inPage[end] === 0 &&
+        runPa + runLen === entries[end].pa &&
+        layout.pageOffsets[done] + runLen === layout.pageOffsets[end]
+      ) {
+        runLen += Math.ceil(entries[end].len / PAGE_SIZE) * PAGE_SIZE;
+        end++;
+      }
+      domain.map((base + layout.pageOffsets[done]) as Iova, runPa as Pa, runLen, prot);
+      mapped.push([base + layout.pageOffsets[done], runLen]);
+      done = end;
+    }
+  } catch (e) {
+    for (const [iova, size] of mapped) domain.unmap(iova as Iova, size);
+    domain.iova.free(page, npages, dev.bdf);
+    throw e;
+  }
+  const addrs = entries.map((_, i) => dmaAddr(base + layout.pageOffsets[i] + layout.inPage[i]));
+  return { segments: finaliseIommuSg(base, entries, layout, dev.maxSegmentSize, dev.segmentBoundaryMask), addrs, page, npages };
+}
+/**
+ * Clears the PTEs of IOVA pages [page, page + npages): strict mode waits for the invalidation,
+ * lazy mode leaves the IOTLB entries stale. Pages that are not all mapped are 'EINVAL' (a double
+ * unmap, or a wrong address or size); the caller then gives no IOVA back.
+ */
+export function iommuClear(domain: Domain, page: number, npages: number, mode: InvalidationMode, who: string): void {
+  const iova = (page * PAGE_SIZE) as Iova;
+  const size = npages * PAGE_SIZE;
+  const cleared = mode === 'strict' ? domain.unmap(iova, size) : domain.unmapLazy(iova, size);
+  if (cleared !== size) {
+    throw new DmaError(
+      'EINVAL',
+      `dma: unmap of IOVA [${hex(iova)}, ${hex(iova + size)}) for device ${who} in ${domain.name}: ${cleared === 0 ? 'nothing is mapped there (double unmap, or never mapped)' : `only ${cleared} of ${size} bytes were mapped (wrong size?)`}`,
+    );
+  }
+}
+
+/** Gives cleared IOVA pages back: at once in strict mode, through the flush queue in lazy mode. */
+export function iommuRelease(domain: Domain, page: number, npages: number, mode: InvalidationMode, flusher: LazyFlusher, who: string): void {
+  if (mode === 'strict') domain.iova.free(page, npages, who);
+  else flusher.queue(domain, page, npages);
+}
+
+/**
+ * Lazy mode's flush queues (Linux: queue_iova, fq_flush_timeout): unmapped IOVAs wait on their
+ * domain's queue until a flush-all invalidation has been observed by every attached device, at
+ * the latest `timeoutMs` after they were queued, or when a queue is full.
+ */
+export class LazyFlusher {
+  private readonly domains = new Set<Domain>();
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly timeoutMs: number) {}
+
+  queue(domain: Domain, page: number, npages: number): void {
+    while (!domain.fq.push(page, npages)) this.flushDomain(domain);
+    this.domains.add(domain);
+    this.arm();
+  }
+
+  /** Ends the stale window of every domain this thread queued IOVAs on. */
+  flush(): void {
+    for (const d of this.domains) this.flushDomain(d);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.flush();
+    this.domains.clear();
+  }
+
+  private flushDomain(domain: Domain): void {
+    const ranges = domain.fq.takeAll();
+    if (ranges.length === 0) return;
+    // ORDERING: the flush-all is published after every queued PTE was cleared, and returns
+    // only when attached devices have observed it; only then may the IOVAs be reused.
+    domain.flushIotlbAll();
+    for (const [page, n] of ranges) domain.iova.free(page, n, domain.name);
+    domain.fq.noteFlush();
+  }
+
+  private arm(): void {
+    if (this.timer || this.timeoutMs <= 0) return;
+    this.timer = setInterval(() => {
+      let pending = false;
+      for (const d of this.domains) {
+        if (d.fq.size() > 0) {
+          this.flushDomain(d);
+          pending = true;
+        }
+      }
+      if (!pending && this.timer) {
+        clearInterval(this.timer);
+        this.timer = null;
+      }
+    }, this.timeoutMs);
+    this.timer.unref();
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * Driver threads: a piscina pool whose tasks attach to a machine by its DriverHandle and map,
+ * unmap and sync against the same domains, IOVA allocators and bounce pool as the main thread
+ * (workers/driver-task.ts holds the tasks). The pool is sized once; every thread is ended by
+ * close().
+ */
+import { Piscina } from 'piscina';
+import { DmaError } from '../errors.js';
+import { workerUrl } from '../worker-url.js';
+import type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult } from '../../workers/driver-task.js';
+
+export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult };
+
+interface TaskTypes {
+  mapBench: [MapBenchTask, MapBenchThreadResult];
+  handoff: [HandoffTask, HandoffResult];
+}
+
+export class DriverPool {
+  readonly threads: number;
+  private readonly pool: Piscina;
+  private closing: Promise<void> | null = null;
+
+  constructor(options: { threads: number }) {
+    const { threads } = options;
+    if (!Number.isInteger(threads) || threads < 1 || threads > 64) {
+      throw new DmaError('EINVAL', `driver pool: threads = ${String(threads)} must be an integer in [1, 64]`);
+    }
+    this.threads = threads;
+    // One task per thread at a time: a task is a driver's whole loop, not a small job.
+    this.pool = new Piscina({ filename: workerUrl('driver-task').href, minThreads: threads, maxThreads: threads, concurrentTasksPerWorker: 1, idleTimeout: 60_000 });
+  }
+
+  run<K extends keyof TaskTypes>(name: K, task: TaskTypes[K][0]): Promise<TaskTypes[K][1]> {
+    if (this.closing) return Promise.reject(new DmaError('ESHUTDOWN', `driver pool: ${name} after close()`));
+    return this.pool.run(task, { name }) as Promise<TaskTypes[K][1]>;
+  }
+
+  /** Ends every thread of the pool. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.pool.destroy();
+    return this.closing;
+  }
+}
