@@ -186,7 +186,8 @@ export class GuestRam {
 
   /** True when every byte of [pa, pa + len) is RAM. */
   isRam(pa: number, len: number): boolean {
-    return this.spans(pa, len, null) !== null;
+    // Most buffers lie inside one region: no span list for them (every DMA API map asks).
+    return this.offsetOf(pa, len) >= 0 || this.spans(pa, len, null) !== null;
   }
 
   /** Copies n bytes of guest RAM out (a CPU read). */
