@@ -20,7 +20,6 @@
  * worker runs per descriptor), so that they measure translation and copying, not scheduling.
  * The doorbell figures use a real device worker; the driver polls for the completion.
  */
-import { Bench } from 'tinybench';
 import { GuestRam } from '../src/memory/guest-ram.js';
 import { Iommu } from '../src/iommu/iommu.js';
 import { Iotlb } from '../src/iommu/iotlb.js';
@@ -30,28 +29,11 @@ import { Machine } from '../src/machine.js';
 import { dmaAddr, type Iova, type Pa, MiB, GiB } from '../src/addresses.js';
 import { memmoveFor } from '../src/memory/wasm-memmove.js';
 import type { Figure } from './figures.js';
+import { median, timeNs } from './measure.js';
 
 const PAGE = 4096;
 const K64 = 64 * 1024;
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-/** Mean time per call in ns, from a tinybench task. */
-async function timeNs(fns: Record<string, () => void>, ms: number): Promise<Record<string, number>> {
-  const b = new Bench({ time: ms, warmupTime: Math.min(100, ms) });
-  for (const [name, fn] of Object.entries(fns)) b.add(name, fn);
-  await b.run();
-  const out: Record<string, number> = {};
-  for (const t of b.tasks) {
-    const r = t.result as { latency?: { p50: number } } | undefined;
-    if (!r?.latency) throw new Error(`bench task ${t.name} did not complete`);
-    out[t.name] = r.latency.p50 * 1e6; // ms → ns
-  }
-  return out;
-}
 
 interface EngineRig {
   ram: GuestRam;

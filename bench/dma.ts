@@ -5,33 +5,16 @@
  * Baselines are measured in the same run: a raw 4 KiB copyWithin for the map cost, one thread for
  * the scaling, the IOMMU path for the bounce cost.
  */
-import { Bench } from 'tinybench';
 import { Machine } from '../src/machine.js';
 import { mapBenchmark } from '../src/dma/map-benchmark.js';
 import { DriverPool } from '../src/dma/driver-pool.js';
 import { GiB, MiB, type Pa } from '../src/addresses.js';
 import type { DmaDirection } from '../src/dma/direction.js';
 import type { Figure } from './figures.js';
+import { median, timeNs } from './measure.js';
 
 const PAIRS = 32; // map+unmap pairs per timed call (a timer read costs ~40 ns)
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-async function p50Ns(fns: Record<string, () => void>, ms: number): Promise<Record<string, number>> {
-  const b = new Bench({ time: ms, warmupTime: Math.min(100, ms) });
-  for (const [name, fn] of Object.entries(fns)) b.add(name, fn);
-  await b.run();
-  const out: Record<string, number> = {};
-  for (const t of b.tasks) {
-    const r = t.result as { latency?: { p50: number } } | undefined;
-    if (!r?.latency) throw new Error(`bench task ${t.name} did not complete`);
-    out[t.name] = r.latency.p50 * 1e6;
-  }
-  return out;
-}
 
 const RAM = [{ base: 0, size: 64 * MiB }, { base: 4 * GiB, size: 64 * MiB }];
 
@@ -53,7 +36,7 @@ export async function dmaSuite(ms = 400): Promise<Figure[]> {
       const dev = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
       const buf = m.ram.alloc(4096, { above: 4 * GiB });
       const raw = new Uint8Array(m.ram.handle.sab, 0, 16384);
-      const t = await p50Ns({ map: pairLoop(m, dev, buf.pa, 4096, 'bidirectional'), copy: () => raw.copyWithin(8192, 0, 4096) }, ms);
+      const t = await timeNs({ map: pairLoop(m, dev, buf.pa, 4096, 'bidirectional'), copy: () => raw.copyWithin(8192, 0, 4096) }, ms);
       perMode[mode] = t.map / PAIRS;
       perMode.copy = t.copy;
     } finally {
@@ -109,7 +92,7 @@ export async function dmaSuite(ms = 400): Promise<Figure[]> {
     const bb = bounce.ram.alloc(262144, { above: 4 * GiB });
     const bi = iommu.ram.alloc(262144, { above: 4 * GiB });
     for (const size of sizes) {
-      const t = await p50Ns({ bounce: pairLoop(bounce, db, bb.pa, size, 'to-device'), iommu: pairLoop(iommu, di, bi.pa, size, 'to-device') }, Math.max(100, ms / 2));
+      const t = await timeNs({ bounce: pairLoop(bounce, db, bb.pa, size, 'to-device'), iommu: pairLoop(iommu, di, bi.pa, size, 'to-device') }, Math.max(100, ms / 2));
       rows.push({ size, bounce: t.bounce / PAIRS, iommu: t.iommu / PAIRS });
     }
   } finally {

@@ -1,6 +1,6 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { runWorkersTogether } from './worker-harness.js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { workerUrl } from '../src/worker-url.js';
 import { IovaAllocator, type IovaAllocatorOptions } from '../src/iommu/iova.js';
 import type { IovaWorkerData, IovaWorkerResult } from '../workers/iova-worker.js';
 
@@ -16,39 +16,8 @@ type Params = Omit<IovaWorkerData, 'iova' | 'owners' | 'id' | 'seed' | 'startFla
 
 /** Starts one iova-worker per seed on allocator `a`, releases them together, returns their results. */
 async function runWorkers(a: IovaAllocator, owners: SharedArrayBuffer, seeds: number[], p: Params): Promise<IovaWorkerResult[]> {
-  const startFlag = new SharedArrayBuffer(8);
-  const flag = new Int32Array(startFlag);
-  let ended = 0;
-  const results = seeds.map((seed, i) => {
-    const data: IovaWorkerData = { ...p, iova: a.handle, owners, id: i + 1, seed, startFlag };
-    const w = new Worker(workerUrl('iova-worker'), { workerData: data });
-    live.add(w);
-    return new Promise<IovaWorkerResult>((resolve, reject) => {
-      w.once('message', (r: IovaWorkerResult) => {
-        ended++;
-        resolve(r);
-      });
-      w.once('error', (err) => {
-        ended++;
-        reject(err);
-      });
-      w.once('exit', (code) => {
-        ended++;
-        live.delete(w);
-        reject(new Error(`iova-worker exited with code ${code} before posting a result`)); // no-op if resolved
-      });
-    });
-  });
-  // Wait (without spinning) until every worker is attached and parked on GO.
-  while (Atomics.load(flag, 1) < seeds.length) {
-    if (ended > 0) break;
-    const seen = Atomics.load(flag, 1);
-    const r = Atomics.waitAsync(flag, 1, seen, 100);
-    if (r.async) await r.value;
-  }
-  Atomics.store(flag, 0, 1);
-  Atomics.notify(flag, 0);
-  return Promise.all(results);
+  const datas: Array<Omit<IovaWorkerData, 'startFlag'>> = seeds.map((seed, i) => ({ ...p, iova: a.handle, owners, id: i + 1, seed }));
+  return runWorkersTogether<IovaWorkerResult>('iova-worker', datas, live);
 }
 
 interface Case {

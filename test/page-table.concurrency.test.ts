@@ -1,7 +1,7 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { runWorkersTogether } from './worker-harness.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { iova, pa } from '../src/addresses.js';
-import { workerUrl } from '../src/worker-url.js';
 import { TablePool } from '../src/iommu/table-pool.js';
 import { IOMMU_READ, IOMMU_WRITE, PageTable, SZ_1G, SZ_2M, SZ_4K } from '../src/iommu/page-table.js';
 import type { PtMapperData, PtMapperRange, PtMapperResult } from '../workers/pt-mapper.js';
@@ -22,39 +22,8 @@ async function runMappers(
   lists: PtMapperRange[][],
   keepGoing = false,
 ): Promise<PtMapperResult[]> {
-  const startFlag = new SharedArrayBuffer(8);
-  const flag = new Int32Array(startFlag);
-  let ended = 0;
-  const results = lists.map((ranges) => {
-    const data: PtMapperData = { pool: pool.handle, table: pt.handle, ranges, startFlag, keepGoing };
-    const w = new Worker(workerUrl('pt-mapper'), { workerData: data });
-    live.add(w);
-    return new Promise<PtMapperResult>((resolve, reject) => {
-      w.once('message', (r: PtMapperResult) => {
-        ended++;
-        resolve(r);
-      });
-      w.once('error', (err) => {
-        ended++;
-        reject(err);
-      });
-      w.once('exit', (code) => {
-        ended++;
-        live.delete(w);
-        reject(new Error(`pt-mapper exited with code ${code} before posting a result`)); // no-op if resolved
-      });
-    });
-  });
-  // Wait (without spinning) until every worker is attached and parked on GO.
-  while (Atomics.load(flag, 1) < lists.length) {
-    if (ended > 0) break; // a worker failed before it got ready: its result says why
-    const seen = Atomics.load(flag, 1);
-    const r = Atomics.waitAsync(flag, 1, seen, 100);
-    if (r.async) await r.value;
-  }
-  Atomics.store(flag, 0, 1);
-  Atomics.notify(flag, 0);
-  return Promise.all(results);
+  const datas: Array<Omit<PtMapperData, 'startFlag'>> = lists.map((ranges) => ({ pool: pool.handle, table: pt.handle, ranges, keepGoing }));
+  return runWorkersTogether<PtMapperResult>('pt-mapper', datas, live);
 }
 
 function mappingsOf(pt: PageTable): Map<number, { pa: number; size: number }> {

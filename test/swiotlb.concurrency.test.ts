@@ -1,9 +1,9 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { runWorkersTogether } from './worker-harness.js';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { GiB, KiB, MiB } from '../src/addresses.js';
 import { GuestRam } from '../src/memory/guest-ram.js';
 import { Swiotlb, SWIOTLB_MAX_MAPPING } from '../src/dma/swiotlb.js';
-import { workerUrl } from '../src/worker-url.js';
 import type { SwiotlbWorkerData, SwiotlbWorkerResult } from '../workers/swiotlb-worker.js';
 
 // Workers run from the compiled tree (dist/workers/swiotlb-worker.js): `npm test` builds first.
@@ -23,39 +23,8 @@ type Job = Omit<SwiotlbWorkerData, 'ram' | 'swiotlb' | 'startFlag'>;
 
 /** Starts one swiotlb-worker per job, releases them together, returns their results. */
 async function runWorkers(tlb: Swiotlb, jobs: Job[]): Promise<SwiotlbWorkerResult[]> {
-  const startFlag = new SharedArrayBuffer(8);
-  const flag = new Int32Array(startFlag);
-  let ended = 0;
-  const results = jobs.map((job) => {
-    const data: SwiotlbWorkerData = { ...job, ram: ram.handle, swiotlb: tlb.handle, startFlag };
-    const w = new Worker(workerUrl('swiotlb-worker'), { workerData: data });
-    live.add(w);
-    return new Promise<SwiotlbWorkerResult>((resolve, reject) => {
-      w.once('message', (r: SwiotlbWorkerResult) => {
-        ended++;
-        resolve(r);
-      });
-      w.once('error', (err) => {
-        ended++;
-        reject(err);
-      });
-      w.once('exit', (code) => {
-        ended++;
-        live.delete(w);
-        reject(new Error(`swiotlb-worker exited with code ${code} before posting a result`)); // no-op if resolved
-      });
-    });
-  });
-  // Wait (without spinning) until every worker is attached and parked on GO.
-  while (Atomics.load(flag, 1) < jobs.length) {
-    if (ended > 0) break; // a worker failed before it got ready: its result says why
-    const seen = Atomics.load(flag, 1);
-    const r = Atomics.waitAsync(flag, 1, seen, 100);
-    if (r.async) await r.value;
-  }
-  Atomics.store(flag, 0, 1);
-  Atomics.notify(flag, 0);
-  return Promise.all(results);
+  const datas: Array<Omit<SwiotlbWorkerData, 'startFlag'>> = jobs.map((job) => ({ ...job, ram: ram.handle, swiotlb: tlb.handle }));
+  return runWorkersTogether<SwiotlbWorkerResult>('swiotlb-worker', datas, live);
 }
 
 async function scenario(opts: {
