@@ -39,6 +39,6 @@ export { p2pRoutingTable } from './pci/p2p-route.js';
 export type { P2pWindow } from './pci/p2p-route.js';
 export type { IsolationFinding, P2pRoute, P2pVia } from './pci/p2p.js';
 export { MachinePci, BAR_BACKING_MAX } from './machine-topology.js';
-export type { Placement } from './machine-topology.js';
+export type { Placement, ReservedIovaRange } from './machine-topology.js';
 export { Vfio, VfioContainer, VfioGroup, VfioDevice, MSI_WINDOW, VFIO_PGSIZE, VFIO_IOMMU_TYPES, DRIVER_MANAGED_DMA } from './vfio/index.js';
 export type { VfioIommuType, VfioDmaMap, VfioDmaUnmap, VfioDmaMapping, VfioContainerOptions, VfioIommuInfo, VfioGroupStatus } from './vfio/index.js';

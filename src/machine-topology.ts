@@ -15,6 +15,17 @@
  *     one domain, the group's default DMA domain: created when its first device is added,
  *     destroyed when its last one goes. VFIO moves a whole group between domains with
  *     Iommu.replaceDomain (the context entries switch in one step).
+ * Reserved IOVA ranges (reservedIova()): every default DMA domain's IOVA allocator reserves them
+ * when it is created, as iommu_dma_init_domain → iova_reserve_iommu_regions does, so the DMA API
+ * never hands out an IOVA that does not reach the IOMMU as a translated request:
+ *   - the x86 MSI window [0xfee00000, 0xfef00000) (intel_iommu_get_resv_regions' IOMMU_RESV_MSI
+ *     region), always;
+ *   - with a topology, every memory BAR with an assigned base (iova_reserve_pci_windows reserves
+ *     the host bridge's memory windows; the topology records no bridge or host-bridge windows,
+ *     and every BAR lies inside them, so its BARs are what we reserve): a device's DMA to an IOVA
+ *     there would be routed peer-to-peer to the BAR (or taken for it) instead of reaching RAM.
+ *   VFIO container domains reserve nothing: type1 refuses only the ranges it reports as reserved
+ *   (VfioContainer.info().iovaRanges); the user chooses the IOVAs.
  * Without a topology: each device is its own group (numbered in the order devices are added)
  * with its own default domain; its requester ID is its BDF; a second device with a requester ID
  * in use is refused ('EEXIST'), as before.
@@ -45,6 +56,8 @@ import { forEachDmaAlias } from './pci/dma-alias.js';
 import { iommuGroupMap, computeIommuGroups, type IommuGroup } from './pci/iommu-group.js';
 import { auditIsolation, isRequester, type IsolationFinding } from './pci/p2p.js';
 import { p2pRoutingTable, type P2pWindow } from './pci/p2p-route.js';
+import { MSI_WINDOW } from './vfio/container.js';
+import { PAGE_SIZE } from './addresses.js';
 
 /** The most bytes of one BAR the machine backs with memory. */
 export const BAR_BACKING_MAX = 64 * 1024;
@@ -64,6 +77,13 @@ export interface Placement {
   readonly p2p: readonly P2pRouteConfig[];
   /** Its own memory BARs' backing, by BAR number. */
   readonly bars: ReadonlyMap<number, Uint8Array>;
+}
+
+/** An IOVA range every default DMA domain reserves: [start, end) in bytes, and why. */
+export interface ReservedIovaRange {
+  readonly start: number;
+  readonly end: number;
+  readonly reason: string;
 }
 
 /** An IOMMU group as the machine tracks it. */
@@ -127,6 +147,7 @@ export class MachinePci {
   /** Domains this machine created for groups and VFIO (for statistics), and retired counts. */
   private readonly owned = new Set<Domain>();
   private retired = 0;
+  private reserved: readonly ReservedIovaRange[] | null = null;
 
   constructor(unit: Iommu, options: MachinePciOptions) {
     this.unit = unit;
@@ -227,6 +248,24 @@ export class MachinePci {
     if (users.length === 1) return { bdf: users[0], devices: users };
     const domain = users.length ? parseBdf(users[0])!.domain : 0;
     return { bdf: formatBdf({ domain, bus: rid >>> 8, slot: (rid >>> 3) & 0x1f, fn: rid & 7 }), devices: users };
+  }
+
+  /**
+   * The IOVA ranges every default DMA domain reserves (see the module comment), sorted by start:
+   * the MSI window, and with a topology every memory BAR with an assigned base.
+   */
+  reservedIova(): ReservedIovaRange[] {
+    if (!this.reserved) {
+      const out: ReservedIovaRange[] = [{ start: MSI_WINDOW.start, end: MSI_WINDOW.end, reason: 'the MSI window (IOMMU_RESV_MSI)' }];
+      for (const f of this.topology?.functions ?? []) {
+        for (const b of f.bars ?? []) {
+          if (b.kind === 'memory' && b.base !== undefined && b.size > 0) out.push({ start: b.base, end: b.base + b.size, reason: `BAR ${b.index} of ${f.bdf}` });
+        }
+      }
+      out.sort((a, b) => a.start - b.start);
+      this.reserved = out;
+    }
+    return [...this.reserved];
   }
 
   /** Domains the machine created (group defaults, VFIO containers, blocking domains). */
@@ -340,6 +379,24 @@ export class MachinePci {
     return d;
   }
 
+  /**
+   * A group's default DMA domain: a 'dma' domain whose IOVA allocator reserves reservedIova()
+   * (iommu_dma_init_domain). All or nothing: a failed reservation destroys the domain again.
+   */
+  private createDefaultDomain(): Domain {
+    const d = this.createDomain('dma');
+    try {
+      for (const r of this.reservedIova()) {
+        const first = Math.floor(r.start / PAGE_SIZE);
+        d.iova.reserve(first, Math.ceil(r.end / PAGE_SIZE) - first, `${d.name} (${r.reason})`);
+      }
+    } catch (e) {
+      this.destroyDomain(d);
+      throw e;
+    }
+    return d;
+  }
+
   destroyDomain(d: Domain): void {
     this.retired += d.fq.flushes();
     this.owned.delete(d);
@@ -356,7 +413,7 @@ export class MachinePci {
     if (entry) entry.slot = slot;
     if (!this.unit.enabled) return;
     if (!g.defaultDomain) {
-      g.defaultDomain = this.createDomain('dma');
+      g.defaultDomain = this.createDefaultDomain();
       g.current = g.defaultDomain;
     }
     const d = g.current!;
@@ -402,7 +459,7 @@ export class MachinePci {
 
   /** The default domain of a group, created if it has none yet (VFIO returns groups to it). */
   defaultDomainOf(g: GroupState): Domain {
-    if (!g.defaultDomain) g.defaultDomain = this.createDomain('dma');
+    if (!g.defaultDomain) g.defaultDomain = this.createDefaultDomain();
     return g.defaultDomain;
   }
 

@@ -131,7 +131,15 @@ export class Machine {
 
   /** VFIO: containers, groups and device handles over the machine's IOMMU groups. */
   get vfio(): Vfio {
-    this.vfioState ??= new Vfio({ pci: this.pci, unit: this.unit, ram: this.ram, device: (bdf) => this.device(bdf) });
+    this.vfioState ??= new Vfio({
+      pci: this.pci,
+      unit: this.unit,
+      ram: this.ram,
+      device: (bdf) => this.device(bdf),
+      // A device whose add is pending has rings VFIO cannot see yet: its group must not move.
+      adding: (bdf) => this.adding.has(bdf) && !this.records.has(bdf),
+      closed: () => this.closing !== null,
+    });
     return this.vfioState;
   }
 

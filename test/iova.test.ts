@@ -315,3 +315,97 @@ describe('IOVA allocator', () => {
     );
   });
 });
+
+describe('IOVA allocator reserve (reserve_iova)', () => {
+  it('never hands out a reserved page, even when the rest of the space runs out', () => {
+    const a = IovaAllocator.create(64, { magazineSize: 2, depotMagazines: 1 });
+    expect(a.reserve(40, 8)).toBe(8); // [40, 48): the top-down search passes over it
+    const got: number[] = [];
+    for (;;) {
+      try {
+        got.push(a.alloc(1, 64));
+      } catch (e) {
+        expect((e as DmaError).code).toBe('ENOSPC');
+        break;
+      }
+    }
+    expect(got.filter((p) => p >= 40 && p < 48)).toEqual([]);
+    expect(got).toHaveLength(64 - 1 - 8); // every other page but page 0
+    expect(code(() => a.alloc(32, 64))).toBe('ENOSPC');
+  });
+
+  it('keeps an aligned range from straddling a reserved page', () => {
+    const a = IovaAllocator.create(1024);
+    a.reserve(1000, 1);
+    expect(a.alloc(32, 1024)).toBe(960); // the top 32-page range [992, 1024) holds page 1000
+    const b = IovaAllocator.create(1024);
+    b.reserve(900, 1);
+    expect(b.alloc(100, 1024)).toBe(768); // exact size, aligned to 128: [896, 996) holds page 900
+  });
+
+  it('a reserved page cannot be freed (EINVAL, naming the reservation) and nothing changes', () => {
+    const a = IovaAllocator.create(256);
+    a.reserve(100, 4);
+    for (const [p, n] of [[100, 1], [100, 4], [101, 1], [100, 40]]) expect(code(() => a.free(p, n))).toBe('EINVAL');
+    expect(() => a.free(100, 1, 'dev')).toThrow(/^EINVAL: iova: free of \[0x00064000, \+1 pages\) by dev: the page is reserved/);
+    expect([100, 101, 102, 103].map((p) => a.isAllocated(p))).toEqual([true, true, true, true]);
+    expect(a.isAllocated(104)).toBe(false);
+  });
+
+  it('reserved pages count in neither pagesInUse nor cachedPages', () => {
+    const a = IovaAllocator.create(256);
+    a.reserve(128, 64);
+    expect([a.pagesInUse(), a.cachedPages()]).toEqual([0, 0]);
+    const p = a.alloc(2, 256);
+    a.free(p, 2);
+    expect([a.pagesInUse(), a.cachedPages()]).toEqual([0, 2]);
+    a.flushCaches();
+    expect([a.pagesInUse(), a.cachedPages()]).toEqual([0, 0]);
+  });
+
+  it('reserving again, overlapping, or past the aperture reserves only the new pages inside it', () => {
+    const a = IovaAllocator.create(256);
+    expect(a.reserve(10, 10)).toBe(10);
+    expect(a.reserve(10, 10)).toBe(0);
+    expect(a.reserve(15, 10)).toBe(5); // [20, 25) is new
+    expect(a.reserve(0, 2)).toBe(1); // page 0 was reserved already
+    expect(a.reserve(250, 100)).toBe(6); // clipped at the aperture
+    expect(a.reserve(300, 10)).toBe(0); // wholly beyond it
+    expect(a.reserve(40, 0)).toBe(0);
+    expect([a.pagesInUse(), a.cachedPages()]).toEqual([0, 0]);
+    expect(code(() => a.alloc(1, 256))).toBeNull();
+  });
+
+  it('takes back cached ranges in the way', () => {
+    const a = IovaAllocator.create(256);
+    const p = a.alloc(4, 256);
+    a.free(p, 4);
+    expect(a.cachedPages()).toBe(4);
+    expect(a.reserve(p, 4)).toBe(4);
+    expect(a.cachedPages()).toBe(0);
+    expect(a.alloc(4, 256)).not.toBe(p);
+  });
+
+  it('refuses a range a caller holds (EBUSY, naming it) and reserves nothing', () => {
+    const a = IovaAllocator.create(256);
+    const p = a.alloc(40, 256); // LARGE, exact size
+    expect(() => a.reserve(p + 39, 2, 'dom')).toThrow(new RegExp(`^EBUSY: iova: cannot reserve .* for dom: IOVA 0x${((p + 39) * 4096).toString(16).padStart(8, '0')} lies in the range at 0x${(p * 4096).toString(16).padStart(8, '0')}`));
+    expect(a.isAllocated(p + 40)).toBe(false); // the free page of the request stayed free
+    expect(a.pagesInUse()).toBe(40);
+    a.free(p, 40);
+    expect([a.pagesInUse(), a.cachedPages()]).toEqual([0, 0]);
+  });
+
+  it('refuses bad arguments (EINVAL)', () => {
+    const a = IovaAllocator.create(64);
+    for (const [p, n] of [[-1, 1], [1, -1], [1.5, 1], [1, NaN], [NaN, 1]]) expect(code(() => a.reserve(p, n))).toBe('EINVAL');
+  });
+
+  it('is seen by every attachment of the handle', () => {
+    const a = IovaAllocator.create(64, { cpuSlots: 1 });
+    a.reserve(32, 32);
+    const b = IovaAllocator.attach(structuredClone(a.handle));
+    expect(b.alloc(1, 64)).toBeLessThan(32);
+    expect(b.isAllocated(40)).toBe(true);
+  });
+});

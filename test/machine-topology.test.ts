@@ -6,7 +6,7 @@
 import { describe, it, expect } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { Machine, MiB, DmaError, parseLspci, dmaAddr } from '../src/index.js';
+import { Machine, MiB, DmaError, parseLspci, dmaAddr, MSI_WINDOW } from '../src/index.js';
 import { pattern, same, allBytes } from './support.js';
 
 const RAM = [{ base: 0, size: 32 * MiB }];
@@ -178,10 +178,39 @@ describe('placement errors', () => {
     });
   });
 
-  it('frees a refused address for a later add', async () => {
+  it('frees a refused address for a later add of the same BDF once the cause is gone', async () => {
     await withMachine({ topology: bridged }, async (m) => {
-      await expect(m.addDevice({ bdf: '00:1c.0' })).rejects.toBeInstanceOf(DmaError);
-      expect(await m.addDevice({ bdf: '00:02.0' })).toBeTruthy();
+      // The cause: no RAM left for the device's rings. The address was reserved (placed, its
+      // group's domain created) before the start failed.
+      const held = [];
+      for (const size of [1 * MiB, 4096]) {
+        for (;;) {
+          try {
+            held.push(m.ram.alloc(size));
+          } catch {
+            break;
+          }
+        }
+      }
+      await expect(m.addDevice({ bdf: '00:02.0' })).rejects.toBeInstanceOf(DmaError);
+      expect(m.pci.placement('00:02.0')).toBeUndefined();
+      expect(m.pci.liveDomains()).toEqual([]);
+      for (const b of held) m.ram.free(b);
+      const d = await m.addDevice({ bdf: '00:02.0' }); // the same address: not 'EEXIST'
+      expect(d.bdf).toBe('0000:00:02.0');
+      expect(m.pci.placement('00:02.0')).toBeDefined();
+    });
+  });
+
+  it('a device refused because VFIO owns its group can be added at the same BDF once the group leaves its container', async () => {
+    await withMachine({ topology: bridged }, async (m) => {
+      await m.addDevice({ bdf: '02:01.0' });
+      const g = m.vfio.group('02:01.0');
+      g.setContainer(m.vfio.openContainer());
+      await expect(m.addDevice({ bdf: '02:02.0' })).rejects.toThrow(/^EBUSY: device 0000:02:02\.0: IOMMU group \d+ is owned by VFIO/);
+      g.unsetContainer();
+      const b = await m.addDevice({ bdf: '02:02.0' });
+      expect(m.iommu.domainOf(b)!.id).toBe(m.iommu.domainOf(m.device('02:01.0')!)!.id);
     });
   });
 
@@ -210,6 +239,55 @@ describe('without a topology', () => {
       await a.fill({ dst: h.addr, len: 4096, value: 9 });
       m.dma.unmapSingle(a, h);
       expect(allBytes(m.ram.read(buf.pa, 4096), 9)).toBe(true);
+    });
+  });
+});
+
+describe('reserved IOVA ranges of default DMA domains (iova_reserve_iommu_regions)', () => {
+  const BAR = 0xfd20_0000;
+  const withBars = {
+    functions: [
+      ...bridged.functions.map((f) => (f.bdf === '00:02.0' ? { ...f, bars: [{ index: 0, base: BAR, size: '64K' }, { index: 2, base: 0x1_0000_0000, size: '1M', is64: true }] } : f)),
+    ],
+  };
+
+  it('the DMA API never hands out an IOVA in the MSI window, even without a topology', async () => {
+    const m = await Machine.create({ ram: [{ base: 0, size: 64 * MiB }] });
+    try {
+      const d = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+      const size = 16 * MiB; // aligned to 16 MiB, top-down: [0xfe000000, 0xff000000) holds the window
+      const buf = m.ram.alloc(size);
+      const h = m.dma.mapSingle(d, buf.pa, size, 'to-device');
+      try {
+        expect(h.addr + size <= MSI_WINDOW.start || h.addr >= MSI_WINDOW.end).toBe(true);
+      } finally {
+        m.dma.unmapSingle(d, h);
+      }
+      const iova = m.iommu.domainOf(d)!.iova;
+      expect(iova.isAllocated(MSI_WINDOW.start / 4096) && iova.isAllocated(MSI_WINDOW.end / 4096 - 1)).toBe(true);
+    } finally {
+      await m.close();
+    }
+  });
+
+  it('lists the MSI window and every memory BAR of the topology, sorted', async () => {
+    await withMachine({ topology: withBars }, async (m) => {
+      expect(m.pci.reservedIova()).toEqual([
+        { start: BAR, end: BAR + 0x10000, reason: 'BAR 0 of 0000:00:02.0' },
+        { start: 0xfee0_0000, end: 0xfef0_0000, reason: 'the MSI window (IOMMU_RESV_MSI)' },
+        { start: 0x1_0000_0000, end: 0x1_0010_0000, reason: 'BAR 2 of 0000:00:02.0' },
+      ]);
+    });
+  });
+
+  it('a default domain reserves every BAR page in its aperture, not counted as in use, whatever group it serves', async () => {
+    await withMachine({ topology: withBars }, async (m) => {
+      const d = await m.addDevice({ bdf: '00:03.0' }); // another group than the BAR's function
+      const iova = m.iommu.domainOf(d)!.iova;
+      for (const a of [BAR, BAR + 0xf000, MSI_WINDOW.start]) expect(iova.isAllocated(a / 4096)).toBe(true);
+      expect(iova.isAllocated(BAR / 4096 + 16)).toBe(false);
+      const rings = iova.pagesInUse(); // the device's rings only
+      expect(rings).toBeLessThan(16);
     });
   });
 });

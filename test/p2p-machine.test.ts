@@ -170,3 +170,76 @@ describe('p2pRoutingTable', () => {
     ]);
   });
 });
+
+describe('the DMA API and peer BARs', () => {
+  /** The switch of switchTopology with 04:00.0's 64 KiB BAR high in the 32-bit IOVA space. */
+  const HIGH_BAR = 0xfd20_0000;
+  const highBar = {
+    functions: switchTopology().functions.map((f) => (f.bdf === '04:00.0' ? { ...f, bars: [{ index: 0, base: HIGH_BAR, size: '64K' }] } : f)),
+  };
+
+  it("a device's DMA to its own DMA-API mapping reaches RAM, never the peer BAR that IOVA range would overlap", async () => {
+    const m = await Machine.create({ ram: [{ base: 0, size: 64 * MiB }], topology: highBar });
+    try {
+      const d3 = await m.addDevice({ bdf: '03:00.0', dmaMask: 32 });
+      const d4 = await m.addDevice({ bdf: '04:00.0', dmaMask: 32 });
+      const size = 16 * MiB; // exact size, aligned to 16 MiB, top-down: [0xfd000000, 0xfe000000) once the MSI window is out
+      const buf = m.ram.alloc(size);
+      m.ram.fill(buf.pa, size, 0);
+      const h = m.dma.mapSingle(d3, buf.pa, size, 'from-device');
+      try {
+        expect(h.addr + size <= HIGH_BAR || h.addr >= HIGH_BAR + 0x10000).toBe(true);
+        await d3.fill({ dst: h.addr, len: size, value: 0x6b });
+      } finally {
+        m.dma.unmapSingle(d3, h);
+      }
+      expect(allBytes(m.ram.read(buf.pa, size), 0x6b)).toBe(true);
+      expect(allBytes(d4.bar(0), 0)).toBe(true);
+      expect(m.stats().p2pTransfers).toBe(0);
+      expect(m.iommu.faults()).toEqual([]);
+    } finally {
+      await m.close();
+    }
+  });
+});
+
+describe('peer BAR memory past its backing', () => {
+  /** 04:00.0 has a 1 MiB BAR: the machine backs its first 64 KiB (BAR_BACKING_MAX). */
+  const bigBar = {
+    functions: switchTopology().functions.map((f) => (f.bdf === '04:00.0' ? { ...f, bars: [{ index: 0, base: BAR4, size: '1M' }] } : f)),
+  };
+
+  it('a P2P write wholly past the backing is dropped and the device keeps working', async () => {
+    await twoDevices({ topology: bigBar }, async (m, d3, d4) => {
+      expect(d4.bar(0).length).toBe(0x10000);
+      const src = m.ram.alloc(4096);
+      m.ram.write(src.pa, pattern(4096, 9));
+      const h = m.dma.mapSingle(d3, src.pa, 4096, 'to-device');
+      try {
+        await d3.copy({ src: h.addr, dst: dmaAddr(BAR4 + 0x20000), len: 4096 }); // used to kill the worker ("offset is out of bounds")
+        expect(allBytes(d4.bar(0), 0)).toBe(true);
+        expect(m.stats().p2pBytes).toBe(4096);
+        const data = pattern(256, 4); // the device still works: a write inside the backing lands
+        m.ram.write(src.pa, data);
+        await d3.copy({ src: h.addr, dst: dmaAddr(BAR4 + 0x100), len: 256 });
+        expect(same(d4.bar(0).subarray(0x100, 0x200), data)).toBe(true);
+      } finally {
+        m.dma.unmapSingle(d3, h);
+      }
+    });
+  }, 20_000);
+
+  it('a P2P read wholly past the backing returns zeros', async () => {
+    await twoDevices({ topology: bigBar }, async (m, d3) => {
+      const dst = m.ram.alloc(4096);
+      m.ram.fill(dst.pa, 4096, 0xee);
+      const h = m.dma.mapSingle(d3, dst.pa, 4096, 'from-device');
+      try {
+        await d3.copy({ src: dmaAddr(BAR4 + 0x40000), dst: h.addr, len: 4096 });
+      } finally {
+        m.dma.unmapSingle(d3, h);
+      }
+      expect(allBytes(m.ram.read(dst.pa, 4096), 0)).toBe(true);
+    });
+  }, 20_000);
+});

@@ -4,7 +4,7 @@
  * leaving a container.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { Machine, MiB, GiB, dmaAddr, type VfioContainer, type VfioGroup } from '../src/index.js';
+import { Machine, MiB, GiB, dmaAddr, DmaError, type VfioContainer, type VfioGroup } from '../src/index.js';
 import { allBytes } from './support.js';
 
 const RAM = [{ base: 0, size: 32 * MiB }];
@@ -295,6 +295,8 @@ describe('a group of two devices behind a PCIe-to-PCI bridge', () => {
       hb.close();
       g.unsetContainer();
       expect([m.iommu.domainOf(a)!.id, m.iommu.domainOf(b)!.id]).toEqual([own.id, own.id]);
+      // Every alias context entry (each device's own ID and the bridge's) is back in the default domain.
+      expect([0x0208, 0x0210, 0x0200].map((r) => ctx.domainOf(r))).toEqual([own.id, own.id, own.id]);
       expect(own.attachedSlots().sort()).toEqual([a.slot, b.slot].sort());
     } finally {
       await m.close();
@@ -499,6 +501,162 @@ describe('type1 (v1) unmap semantics', () => {
       c.mapDma({ vaddr: pa, iova: 0x1000_0000, size: 0x4000, read: true });
       expect(c.unmapDma({ iova: 0x1000_1000, size: 0x1000 })).toBe(0);
       expect(c.unmapDma({ iova: 0x1000_0000, size: 0x1000 })).toBe(0x4000);
+    } finally {
+      await m.close();
+    }
+  });
+});
+
+describe('SET_CONTAINER with devices being added, and its failures', () => {
+  it('is EBUSY, naming the device, while m.addDevice of a device of the group is pending', async () => {
+    const m = await Machine.create({ ram: RAM, topology });
+    try {
+      const c = m.vfio.openContainer();
+      const g = m.vfio.group('01:00.0');
+      const p = m.addDevice({ bdf: '01:00.0' });
+      try {
+        expect(() => g.setContainer(c)).toThrow(/^EBUSY: VFIO_GROUP_SET_CONTAINER on VFIO group \d+: device 0000:01:00\.0 is still being added to the machine/);
+        expect(g.container).toBeNull();
+      } finally {
+        await p;
+      }
+    } finally {
+      await m.close();
+    }
+  });
+
+  it('moves the group once the pending add has finished, and its device DMAs through the container', async () => {
+    const m = await Machine.create({ ram: RAM, topology });
+    try {
+      const c = m.vfio.openContainer();
+      const g = m.vfio.group('01:00.0');
+      const p = m.addDevice({ bdf: '01:00.0' });
+      expect(() => g.setContainer(c)).toThrow(expect.objectContaining({ code: 'EBUSY' }));
+      const dev = await p;
+      g.setContainer(c);
+      c.setIommu();
+      const buf = m.ram.alloc(4096);
+      c.mapDma({ vaddr: buf.pa, iova: IOVA, size: 4096, write: true });
+      await dev.fill({ dst: dmaAddr(IOVA), len: 4096, value: 0x2e });
+      expect(allBytes(m.ram.read(buf.pa, 4096), 0x2e)).toBe(true);
+    } finally {
+      await m.close();
+    }
+  });
+
+  it('failing for want of a domain slot (ENOSPC) leaves the group unowned, in its default domain', async () => {
+    const m = await Machine.create({ ram: RAM, topology });
+    const table = m.iommu.unit.domainTable;
+    const taken: number[] = [];
+    try {
+      const dev = await m.addDevice({ bdf: '01:00.0' });
+      const own = m.iommu.domainOf(dev)!;
+      for (;;) {
+        try {
+          taken.push(table.claim('blocked', 0)); // every free slot: no blocking domain can be had
+        } catch {
+          break;
+        }
+      }
+      const c = m.vfio.openContainer();
+      const g = m.vfio.group('01:00.0');
+      expect(() => g.setContainer(c)).toThrow(/^ENOSPC: iommu: all \d+ domain slots are in use/);
+      expect(g.status()).toEqual({ viable: true, containerSet: false });
+      expect(c.groups).toEqual([]);
+      expect(m.iommu.domainOf(dev)!.id).toBe(own.id);
+      const buf = m.ram.alloc(4096);
+      const h = m.dma.mapSingle(dev, buf.pa, 4096, 'from-device'); // the kernel still owns its DMA
+      m.dma.unmapSingle(dev, h);
+      for (const n of taken.splice(0)) table.release(n);
+      g.setContainer(c); // and VFIO can claim it later
+      expect(g.container).toBe(c);
+    } finally {
+      for (const n of taken) table.release(n);
+      await m.close();
+    }
+  });
+});
+
+describe('VFIO after the machine is closed', () => {
+  it('every VFIO entry point is ESHUTDOWN', async () => {
+    const m = await Machine.create({ ram: RAM, topology });
+    await m.addDevice({ bdf: '01:00.0' });
+    const c = m.vfio.openContainer();
+    const g = m.vfio.group('01:00.0');
+    g.setContainer(c);
+    c.setIommu();
+    const h = g.device('01:00.0');
+    const idle = m.vfio.openContainer();
+    const g3 = m.vfio.group('03:00.0');
+    await m.close();
+    const calls: Array<[string, () => unknown]> = [
+      ['openContainer', () => m.vfio.openContainer()],
+      ['containers', () => m.vfio.containers()],
+      ['group', () => m.vfio.group('03:00.0')],
+      ['bind', () => m.vfio.bind('03:00.0')],
+      ['unbind', () => m.vfio.unbind('03:00.0')],
+      ['driverOf', () => m.vfio.driverOf('03:00.0')],
+      ['setIommu', () => idle.setIommu()],
+      ['info', () => c.info()],
+      ['mapDma', () => c.mapDma({ vaddr: 0, iova: IOVA, size: 4096, read: true })],
+      ['unmapDma', () => c.unmapDma({ all: true })],
+      ['setContainer', () => g3.setContainer(idle)],
+      ['unsetContainer', () => g.unsetContainer()],
+      ['device', () => g.device('01:00.0')],
+      ['status', () => g.status()],
+      ['handle.device', () => h.device],
+    ];
+    for (const [name, f] of calls) {
+      let err: unknown = null;
+      try {
+        f();
+      } catch (e) {
+        err = e;
+      }
+      expect(err, name).toBeInstanceOf(DmaError);
+      expect((err as DmaError).code, name).toBe('ESHUTDOWN');
+      expect((err as DmaError).message, name).toMatch(/the machine is closed/);
+    }
+  });
+
+  it('creates no domain: nothing is left in the IOMMU after close', async () => {
+    const m = await Machine.create({ ram: RAM, topology });
+    await m.addDevice({ bdf: '01:00.0' });
+    const g = m.vfio.group('03:00.0');
+    const c = m.vfio.openContainer();
+    await m.close();
+    expect(() => g.setContainer(c)).toThrow(expect.objectContaining({ code: 'ESHUTDOWN' }));
+    expect(() => c.setIommu()).toThrow(expect.objectContaining({ code: 'ESHUTDOWN' }));
+    expect(m.pci.liveDomains()).toEqual([]);
+    const table = m.iommu.unit.domainTable;
+    expect(Array.from({ length: 256 }, (_, n) => table.typeCode(n)).filter((t) => t !== 0)).toEqual([]);
+  });
+});
+
+describe('VFIO container domains reserve nothing (unlike default DMA domains)', () => {
+  const BAR = 0xfd20_0000;
+  const withBar = {
+    functions: topology.functions.map((f) => (f.bdf === '03:00.0' ? { ...f, bars: [{ index: 0, base: BAR, size: '64K' }] } : f)),
+  };
+
+  it('MAP_DMA at an IOVA inside a BAR window works: type1 refuses only what info().iovaRanges leaves out', async () => {
+    const m = await Machine.create({ ram: RAM, topology: withBar });
+    try {
+      const dev = await m.addDevice({ bdf: '01:00.0' });
+      expect(m.iommu.domainOf(dev)!.iova.isAllocated(BAR / 4096)).toBe(true); // the default domain reserves it
+      const c = m.vfio.openContainer();
+      const g = m.vfio.group('01:00.0');
+      g.setContainer(c);
+      c.setIommu();
+      expect(c.info().iovaRanges).toEqual([
+        { start: 0, end: 0xfedf_ffff },
+        { start: 0xfef0_0000, end: 2 ** 48 - 1 },
+      ]);
+      expect(c.domain!.iova.isAllocated(BAR / 4096)).toBe(false);
+      const buf = m.ram.alloc(4096);
+      c.mapDma({ vaddr: buf.pa, iova: BAR, size: 4096, write: true });
+      await dev.fill({ dst: dmaAddr(BAR), len: 4096, value: 0x19 }); // 01:00.0 has no P2P route there: translated
+      expect(allBytes(m.ram.read(buf.pa, 4096), 0x19)).toBe(true);
     } finally {
       await m.close();
     }

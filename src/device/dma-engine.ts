@@ -462,10 +462,11 @@ export class DmaEngine {
   /** Copies a local buffer into the runs (completion write). */
   writeRuns(dst: RunList, from: Uint8Array): void {
     if (dst.bar !== null) {
-      // Bytes past the BAR's backing are dropped.
+      // Bytes past the BAR's backing are dropped (clamped as fillRuns does: a write that starts
+      // past the backing stores nothing; TypedArray.set would throw for an offset past the end).
       const at = dst.offs[0];
       const have = Math.max(0, Math.min(dst.lens[0], dst.bar.length - at));
-      dst.bar.set(from.subarray(0, have), at);
+      if (have > 0) dst.bar.set(from.subarray(0, have), at);
       this.countP2p(dst);
       return;
     }

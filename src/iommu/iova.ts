@@ -13,6 +13,9 @@
  *  - Shared space: a bitmap over the aperture (32-bit IOVA space by default), searched top-down
  *    below the caller's limit (the DMA mask), ranges aligned to their size rounded up to a power
  *    of two (size_aligned). Page 0 is reserved, so DMA address 0 is never handed out.
+ *  - reserve() is reserve_iova: pages the domain's owner takes out of the space for good (the MSI
+ *    window, PCI windows: iova_reserve_iommu_regions). Reserved pages are never handed out, never
+ *    freed, and not counted in pagesInUse() or cachedPages(); reserving them again is a no-op.
  *  - Cached ranges stay allocated in the shared space (as cached IOVAs stay in Linux's rbtree).
  *  - alloc: loaded magazine (swapped with prev when empty) → prev → when both are empty, a full
  *    magazine from the depot becomes `loaded` → the shared space. iova_magazine_pop honours the
@@ -33,7 +36,8 @@
  *
  * Ownership of a range lives in one byte per page, `state[page]`, nonzero only at the first page of
  * an allocated range: HELD|order (a caller holds a cached-size range), LARGE (a caller holds a
- * range of more than 32 pages), CACHED|order (the range sits in some magazine), RESERVED (page 0).
+ * range of more than 32 pages), CACHED|order (the range sits in some magazine), RESERVED (page 0
+ * and every page reserve() took: each reserved page carries it, not only the first).
  * Every hand-over is a compareExchange on that byte: free HELD→CACHED (or HELD→0 into the shared
  * space), alloc from a magazine CACHED→HELD, a flush CACHED→0. So a double free, a free with the
  * wrong size or of an address never handed out fails the exchange ('EINVAL', nothing changed), and
@@ -44,13 +48,14 @@
  *
  * Layout (Int32 words, then bytes, of the allocator's SharedArrayBuffer):
  *   [0]  LOCK        futex mutex over the shared space, the depot and the magazine pool
- *   [1]  SPACE_COUNT pages set in the shared bitmap (page 0 and cached ranges included)
+ *   [1]  SPACE_COUNT pages set in the shared bitmap (page 0, reserved pages and cached ranges included)
  *   [2]  HINT        the shared-space search starts below this page (top-down; like cached32_node)
  *   [3]  APERTURE    pages of IOVA space
  *   [4]  HELD_PAGES  pages held by callers through no slot (and folded in from released slots)
  *   [5]  SLOT_GEN    bumped whenever a slot is released
  *   [6]  N_SLOTS  [7] MAG_SIZE  [8] DEPOT_MAX  [9] N_MAGS  (configuration, written at creation)
  *   [10] POOL_TOP    empty magazines on the pool stack
+ *   [11] RESERVED_PAGES pages reserve() took (page 0 not included)
  *   [16 ...]         slots, 16 words each: [0] OWNER (0 = free), [1] NET pages handed out minus
  *                    pages freed through this slot, [2..8) LOADED magazine per order,
  *                    [8..14) PREV magazine per order (a magazine is named by its word index)
@@ -71,16 +76,19 @@
  *     stale view only makes a flusher miss or skip entries, since every claim is a compareExchange.
  *   Depot, pool, bitmap, HINT, SPACE_COUNT, magazines while in the depot or the pool: with the
  *     mutex held (PageBitmap keeps SPACE_COUNT with Atomics.add for lock-free readers).
+ *   RESERVED_PAGES: reserve(), mutex held, with Atomics.add (read lock-free by cachedPages()).
  *   HELD_PAGES, SLOT_GEN: Atomics.add from any thread.
  *   State bytes: always with Atomics (compareExchange or store). A byte goes between zero and
  *     nonzero only with the mutex held; outside it only HELD|k ⇄ CACHED|k.
  *
- * Invariants (when no call is in progress): a bitmap bit is set iff its page is page 0 or lies in
- * a held or cached range; the state byte of a range's first page says which, interior pages are
- * 0; every CACHED range has an entry in the live part of some slot magazine or depot magazine;
- * live ranges never overlap. pagesInUse() = HELD_PAGES + Σ NET (pages held by callers, rounded
- * sizes, page 0 excluded); cachedPages() = SPACE_COUNT − 1 − pagesInUse(). While other threads
- * run, both counters are momentary sums, exact only when the allocator is quiescent.
+ * Invariants (when no call is in progress): a bitmap bit is set iff its page is page 0, is
+ * reserved, or lies in a held or cached range; the state byte of a range's first page says which,
+ * interior pages of held and cached ranges are 0, every reserved page is RESERVED; every CACHED
+ * range has an entry in the live part of some slot magazine or depot magazine; live ranges never
+ * overlap. pagesInUse() = HELD_PAGES + Σ NET (pages held by callers, rounded sizes, page 0 and
+ * reserved pages excluded); cachedPages() = SPACE_COUNT − 1 − RESERVED_PAGES − pagesInUse().
+ * While other threads run, both counters are momentary sums, exact only when the allocator is
+ * quiescent.
  *
  * Cost: a cached-size alloc from the thread's own magazine is plain loads and stores plus one
  * compareExchange; free into it is one compareExchange plus plain stores. No JS object is
@@ -89,7 +97,9 @@
  * Where we differ from Linux: one 32-bit aperture (no fallback above 4 GiB); magazines carry
  * first pages and the size class carries the size; the magazine store is fixed (a pool instead of
  * kmalloc); "CPUs" are claimed slots; the depot is bounded (the older MAX_GLOBAL_MAGS, no timed
- * trimming); a flush may leave stale entries in other threads' magazines (dropped on use).
+ * trimming); a flush may leave stale entries in other threads' magazines (dropped on use);
+ * reserve() ignores pages beyond the aperture and refuses ('EBUSY') to swallow a range a caller
+ * holds, where reserve_iova would merge it into the reservation.
  */
 import { DmaError, hex } from '../errors.js';
 import { FutexMutex } from '../shared/futex-mutex.js';
@@ -127,6 +137,7 @@ const MAG_SIZE = 7;
 const DEPOT_MAX = 8;
 const N_MAGS = 9;
 const POOL_TOP = 10;
+const RESERVED_PAGES = 11;
 const HEADER = 16;
 // Slot words.
 const SLOT_STRIDE = 16;
@@ -257,7 +268,7 @@ export class IovaAllocator {
 
   /** Pages of freed ranges kept in magazines (slots and depot): allocated in the shared space, free to reuse. */
   cachedPages(): number {
-    return Math.max(0, this.bits.count() - 1 - this.pagesInUse());
+    return Math.max(0, this.bits.count() - 1 - Atomics.load(this.w, RESERVED_PAGES) - this.pagesInUse());
   }
 
   /** Full magazines in the depot, per order 0..5 (diagnostics). */
@@ -344,6 +355,89 @@ export class IovaAllocator {
       }
     }
     this.freeSlow(page, npages, who);
+  }
+
+  /**
+   * Throws the 'EINVAL' that free(page, npages) would throw, changing nothing: lets a caller
+   * check a range before it undoes anything else (the DMA API checks before clearing PTEs).
+   * A snapshot: a concurrent free of the same range can still make the later free fail.
+   */
+  checkFree(page: number, npages: number, who = 'domain'): void {
+    if (!Number.isSafeInteger(page) || !Number.isSafeInteger(npages) || page < 1 || npages < 1 || page + npages > this.aperturePages) {
+      throw new DmaError('EINVAL', `iova: [${hex(page * PAGE_SIZE)}, +${npages} pages) is not an IOVA range of ${who}`);
+    }
+    // ORDERING: a snapshot of the range's state byte (see free()).
+    const old = Atomics.load(this.state, page);
+    if (npages <= IOVA_RCACHE_MAX_PAGES) {
+      const k = 32 - Math.clz32(npages - 1);
+      if (old !== (HELD | k)) throw this.badFree(page, npages, old, who);
+      return;
+    }
+    if (old !== LARGE) throw this.badFree(page, npages, old, who);
+    this.mutex.lock();
+    try {
+      const why = this.largeMismatch(page, npages);
+      if (why) throw new DmaError('EINVAL', `iova: free of [${hex(page * PAGE_SIZE)}, +${npages} pages) by ${who}: ${why}`);
+    } finally {
+      this.mutex.unlock();
+    }
+  }
+
+  /**
+   * reserve_iova: takes pages [page, page + npages) out of the space for good: they are never
+   * handed out and cannot be freed (free() of one is 'EINVAL'), and they count in neither
+   * pagesInUse() nor cachedPages(). Pages beyond the aperture are ignored (no IOVA there is ever
+   * handed out); pages already reserved stay so. Cached ranges in the way go back to the shared
+   * space first; a range a caller holds there is 'EBUSY' and nothing is reserved. Returns the
+   * pages newly reserved.
+   */
+  reserve(page: number, npages: number, who = 'domain'): number {
+    if (!Number.isSafeInteger(page) || page < 0 || !Number.isSafeInteger(npages) || npages < 0) {
+      throw new DmaError('EINVAL', `iova: reserve of ${String(npages)} pages at page ${String(page)} for ${who}: page and count must be non-negative integers`);
+    }
+    const lo = page;
+    const hi = Math.min(page + npages, this.aperturePages);
+    if (lo >= hi) return 0;
+    return this.mutex.with(() => {
+      let busy = this.unreservedIn(lo, hi);
+      if (busy >= 0) {
+        this.flushLocked(); // cached ranges in the way go back to the shared space
+        busy = this.unreservedIn(lo, hi);
+      }
+      if (busy >= 0) {
+        let q = busy;
+        while (q > 0 && Atomics.load(this.state, q) === 0) q--;
+        throw new DmaError(
+          'EBUSY',
+          `iova: cannot reserve [${hex(lo * PAGE_SIZE)}, ${hex(hi * PAGE_SIZE)}) for ${who}: IOVA ${hex(busy * PAGE_SIZE)} lies in the range at ${hex(q * PAGE_SIZE)} that a caller holds`,
+        );
+      }
+      let added = 0;
+      let run = -1; // first page of the current run of unreserved pages
+      for (let q = lo; q <= hi; q++) {
+        if (q < hi && !this.bits.has(q)) {
+          if (run < 0) run = q;
+          // ORDERING: under the mutex (0 → nonzero happens only there); RESERVED never changes again.
+          Atomics.store(this.state, q, RESERVED);
+          continue;
+        }
+        if (run >= 0) {
+          this.bits.setRange(run, q - run, true);
+          added += q - run;
+          run = -1;
+        }
+      }
+      Atomics.add(this.w, RESERVED_PAGES, added);
+      return added;
+    });
+  }
+
+  /** The first page of [lo, hi) that is allocated but not reserved (mutex held), or -1. */
+  private unreservedIn(lo: number, hi: number): number {
+    for (let q = lo; q < hi; q++) {
+      if (this.bits.has(q) && Atomics.load(this.state, q) !== RESERVED) return q;
+    }
+    return -1;
   }
 
   /** Whether the page lies in a range a caller holds (page 0, reserved, counts as allocated). */
@@ -577,7 +671,7 @@ export class IovaAllocator {
   private badFree(page: number, npages: number, old: number, who: string): DmaError {
     let why: string;
     if (old === 0) why = 'not allocated, or not the start of a range (double free?)';
-    else if (old === RESERVED) why = 'page 0 is reserved';
+    else if (old === RESERVED) why = page === 0 ? 'page 0 is reserved' : 'the page is reserved (reserve_iova: never handed out, never freed)';
     else if ((old & KIND) === CACHED) why = 'already freed (double free)';
     else if ((old & KIND) === HELD) why = `it was allocated as ${1 << (old & 0xf)} pages (wrong size)`;
     else why = 'it was allocated as a range of more than 32 pages (wrong size)';

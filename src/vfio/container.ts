@@ -27,7 +27,10 @@
  * the rings there inside the x86 MSI window [0xfee00000, 0xfef00000), which VFIO reports as
  * reserved (VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE leaves it out, MAP_DMA there is EINVAL), and
  * reprograms the device's ring addresses (Device.programRings); both are undone when the group
- * leaves. So the user's IOVA space is entirely the user's.
+ * leaves. So the user's IOVA space is entirely the user's: unlike a default DMA domain (see
+ * machine-topology.ts) the container's domain reserves no IOVA range, not even peers' BARs;
+ * what MAP_DMA refuses is exactly what info().iovaRanges leaves out.
+ * Once the machine is closed, setIommu, info, mapDma and unmapDma are 'ESHUTDOWN'.
  * Where we differ from Linux: one domain per container (Linux may need several when IOMMUs
  * differ); no dirty tracking, no vaddr updates (VFIO_DMA_MAP_FLAG_VADDR), no locked-memory limit.
  */
@@ -38,7 +41,7 @@ import { IOMMU_READ, IOMMU_WRITE } from '../iommu/page-table.js';
 import { SQE_SIZE, CQE_SIZE } from '../device/rings.js';
 import type { Device } from '../device/device.js';
 import type { GroupState } from '../machine-topology.js';
-import type { VfioHost } from './host.js';
+import { checkHostOpen, type VfioHost } from './host.js';
 import type { VfioGroup } from './group.js';
 
 export type VfioIommuType = 'type1' | 'type1v2';
@@ -151,6 +154,7 @@ export class VfioContainer {
    * 'ENODEV' (no backend supports that extension).
    */
   setIommu(type: VfioIommuType = 'type1v2'): void {
+    checkHostOpen(this.host, `VFIO_SET_IOMMU on ${this}`);
     if (!VFIO_IOMMU_TYPES.includes(type)) {
       throw new DmaError('ENODEV', `VFIO_SET_IOMMU on ${this}: no IOMMU backend supports ${JSON.stringify(type)} (supported: ${VFIO_IOMMU_TYPES.join(', ')})`);
     }
@@ -177,6 +181,7 @@ export class VfioContainer {
 
   /** VFIO_IOMMU_GET_INFO. */
   info(): VfioIommuInfo {
+    checkHostOpen(this.host, `VFIO_IOMMU_GET_INFO on ${this}`);
     this.requireIommu('VFIO_IOMMU_GET_INFO');
     return {
       pgsizes: VFIO_PGSIZE | (2 * 1024 * 1024) | 2 ** 30,
@@ -192,6 +197,7 @@ export class VfioContainer {
   mapDma(map: VfioDmaMap): void {
     const op = 'VFIO_IOMMU_MAP_DMA';
     const where = `${op} on ${this}: iova ${fmt(map?.iova)} size ${fmt(map?.size)} vaddr ${fmt(map?.vaddr)}`;
+    checkHostOpen(this.host, where);
     for (const k of ['vaddr', 'iova', 'size'] as const) {
       const v = map?.[k];
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
@@ -237,6 +243,7 @@ export class VfioContainer {
    */
   unmapDma(unmap: VfioDmaUnmap): number {
     const op = 'VFIO_IOMMU_UNMAP_DMA';
+    checkHostOpen(this.host, `${op} on ${this}`);
     const u = unmap as { iova?: unknown; size?: unknown; all?: unknown };
     if (u && u.all !== undefined && u.all !== true && u.all !== false) {
       throw new DmaError('EINVAL', `${op} on ${this}: all must be true or absent`);

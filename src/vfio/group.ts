@@ -3,22 +3,26 @@
  *
  * setContainer() is VFIO_GROUP_SET_CONTAINER: the group must not be in a container yet
  * ('EINVAL'), must be viable ('EBUSY' naming the device and the driver that uses the kernel DMA
- * API, see dma-owner.ts), and its devices must be idle ('EBUSY'). Then VFIO claims the group's DMA
+ * API, see dma-owner.ts), its devices must be added ('EBUSY' while m.addDevice of one is still
+ * pending: its rings are not known yet) and idle ('EBUSY'). Then VFIO claims the group's DMA
  * ownership (iommu_group_claim_dma_owner): the group's devices move, in one step per context
  * entry, from the default domain to the group's blocking domain (no DMA at all), and, once the
- * container has an IOMMU (now or at setIommu()), into the container's domain.
+ * container has an IOMMU (now or at setIommu()), into the container's domain. All or nothing:
+ * when any step fails ('ENOSPC' for a blocking domain, or the container's refusal) the group is
+ * left as it was: in its default domain, owned by nobody.
  * A device submitting work while its group is blocked faults on its own ring fetch and fails, as
  * a real device's DMA would be blocked.
  * device(bdf) is VFIO_GROUP_GET_DEVICE_FD: needs the container's IOMMU set ('EINVAL'); the device
  * must be in the group, bound to a vfio driver and a device of the machine ('ENODEV').
  * unsetContainer() is VFIO_GROUP_UNSET_CONTAINER: 'EINVAL' without a container, 'EBUSY' while a
  * device handle is open; afterwards the group's devices are back in their default domain.
+ * Once the machine is closed every call here is 'ESHUTDOWN'.
  */
 import { DmaError } from '../errors.js';
 import type { Domain } from '../iommu/domain.js';
 import type { GroupState } from '../machine-topology.js';
 import { normalizeBdf } from '../pci/bdf.js';
-import type { VfioHost } from './host.js';
+import { checkHostOpen, type VfioHost } from './host.js';
 import { VfioContainer } from './container.js';
 import { VfioDevice } from './vfio-device.js';
 import { isVfioDriver, viabilityProblem } from './dma-owner.js';
@@ -66,6 +70,7 @@ export class VfioGroup {
 
   /** VFIO_GROUP_GET_STATUS. */
   status(): VfioGroupStatus {
+    checkHostOpen(this.host, `VFIO_GROUP_GET_STATUS on ${this}`);
     return { viable: this.isViable(), containerSet: this.cont !== null };
   }
 
@@ -77,11 +82,14 @@ export class VfioGroup {
   /** VFIO_GROUP_SET_CONTAINER. */
   setContainer(container: VfioContainer): void {
     const op = `VFIO_GROUP_SET_CONTAINER on ${this}`;
+    checkHostOpen(this.host, op);
     if (!(container instanceof VfioContainer)) throw new DmaError('EINVAL', `${op}: not a VFIO container`);
     if (this.cont) throw new DmaError('EINVAL', `${op}: the group is already in ${this.cont}`);
     const gs = this.state;
     for (const [bdf, e] of gs.placed) {
-      if (e.slot < 0) throw new DmaError('EBUSY', `${op}: device ${bdf} is still being added to the machine`);
+      if (e.slot < 0 || this.host.adding(bdf)) {
+        throw new DmaError('EBUSY', `${op}: device ${bdf} is still being added to the machine (await its m.addDevice first)`);
+      }
       const d = this.host.device(bdf);
       if (d && d.inFlight() > 0) throw new DmaError('EBUSY', `${op}: device ${bdf} has ${d.inFlight()} descriptor(s) in flight`);
     }
@@ -92,11 +100,13 @@ export class VfioGroup {
         `${op}: the group is not viable: device ${bad.bdf} is bound to driver ${bad.driver}, which uses the kernel DMA API (bind it to vfio-pci or unbind it; every device of an IOMMU group must be, bridges bound to pcieport or to nothing are fine)`,
       );
     }
-    // iommu_group_claim_dma_owner(): the group leaves its default domain for a blocking one.
+    // iommu_group_claim_dma_owner(): the group leaves its default domain for a blocking one. The
+    // blocking domain comes first: if there is none to be had ('ENOSPC') nothing has changed.
+    const blocking = this.host.pci.createDomain('blocked');
     gs.owner = this;
-    this.blocking = this.host.pci.createDomain('blocked');
-    this.host.pci.replaceGroupDomain(gs, this.blocking);
+    this.blocking = blocking;
     try {
+      this.host.pci.replaceGroupDomain(gs, blocking);
       container.addGroup(this);
     } catch (e) {
       this.releaseOwnership();
@@ -108,6 +118,11 @@ export class VfioGroup {
   /** VFIO_GROUP_UNSET_CONTAINER: the group's devices go back to their default domain. */
   unsetContainer(): void {
     const op = `VFIO_GROUP_UNSET_CONTAINER on ${this}`;
+    checkHostOpen(this.host, op);
+    this.leaveContainer(op);
+  }
+
+  private leaveContainer(op: string): void {
     if (!this.cont) throw new DmaError('EINVAL', `${op}: the group is not in a container`);
     if (this.open.size > 0) {
       throw new DmaError('EBUSY', `${op}: device handle(s) still open (${[...this.open].map((h) => h.bdf).join(', ')}); close them first`);
@@ -120,6 +135,7 @@ export class VfioGroup {
   /** VFIO_GROUP_GET_DEVICE_FD: a handle on a device of the group. */
   device(bdf: string): VfioDevice {
     const op = `VFIO_GROUP_GET_DEVICE_FD on ${this}`;
+    checkHostOpen(this.host, op);
     if (!this.cont || !this.cont.iommu) {
       throw new DmaError('EINVAL', `${op}: the group has no container with an IOMMU set (VFIO_GROUP_SET_CONTAINER, then VFIO_SET_IOMMU)`);
     }
@@ -143,6 +159,11 @@ export class VfioGroup {
     this.open.delete(h);
   }
 
+  /** @internal 'ESHUTDOWN' once the machine is closed (for device handles). */
+  checkOpen(op: string): void {
+    checkHostOpen(this.host, op);
+  }
+
   /** @internal The group's blocking domain while VFIO owns it. */
   blockingDomain(): Domain {
     return this.blocking!;
@@ -151,7 +172,7 @@ export class VfioGroup {
   /** Closes every handle and leaves the container (machine shutdown). */
   close(): void {
     for (const h of [...this.open]) h.close();
-    if (this.cont) this.unsetContainer();
+    if (this.cont) this.leaveContainer(`VFIO_GROUP_UNSET_CONTAINER on ${this} (machine close)`);
   }
 
   /** iommu_group_release_dma_owner(): back to the default domain. */

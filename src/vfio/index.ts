@@ -5,10 +5,14 @@
  * (device handles), dma-owner.ts (viability: who may own a group's DMA).
  * Group numbers are the machine's IOMMU group numbers (computeIommuGroups with the machine's
  * topology and acsOverride; without a topology, one group per device in the order added).
+ * Once the machine is closed (m.close(), which takes every group out of its container) every
+ * VFIO entry point is 'ESHUTDOWN': here, on containers (setIommu, info, mapDma, unmapDma), on
+ * groups (status, setContainer, unsetContainer, device) and on device handles (device); plain
+ * getters (container.groups, group.container, mappings()) still answer, with nothing in them.
  */
 import { DmaError } from '../errors.js';
 import { normalizeBdf } from '../pci/bdf.js';
-import type { VfioHost } from './host.js';
+import { checkHostOpen, type VfioHost } from './host.js';
 import { VfioContainer, type VfioContainerOptions } from './container.js';
 import { VfioGroup } from './group.js';
 import { isVfioDriver, usesKernelDma } from './dma-owner.js';
@@ -32,6 +36,7 @@ export class Vfio {
 
   /** Opens /dev/vfio/vfio: a new, empty container. */
   openContainer(options: VfioContainerOptions = {}): VfioContainer {
+    checkHostOpen(this.host, 'vfio: open /dev/vfio/vfio');
     const c = new VfioContainer(this.host, options);
     this.opened.push(c);
     return c;
@@ -39,6 +44,7 @@ export class Vfio {
 
   /** The containers opened so far. */
   containers(): VfioContainer[] {
+    checkHostOpen(this.host, 'vfio: containers');
     return [...this.opened];
   }
 
@@ -47,6 +53,7 @@ export class Vfio {
    * `which` (a BDF). 'ENODEV' when there is no such group (or no IOMMU).
    */
   group(which: number | string): VfioGroup {
+    checkHostOpen(this.host, `vfio: open /dev/vfio/${String(which)}`);
     if (!this.host.unit.enabled) throw new DmaError('ENODEV', `vfio: the machine has no IOMMU, so no IOMMU groups (VFIO's no-IOMMU mode is not emulated)`);
     let n: number | undefined;
     if (typeof which === 'number') n = which;
@@ -72,6 +79,7 @@ export class Vfio {
    * (iommu_device_use_default_domain), or when a VFIO handle on the device is open.
    */
   bind(bdf: string, driver = 'vfio-pci'): void {
+    checkHostOpen(this.host, `vfio: bind ${String(bdf)} to ${driver}`);
     const at = this.requireFunction(bdf);
     const n = this.host.pci.groupOf(at);
     const g = n === undefined ? undefined : this.byNumber.get(n);
@@ -84,6 +92,7 @@ export class Vfio {
 
   /** Unbinds a function from its driver. 'EBUSY' while a VFIO handle on it is open. */
   unbind(bdf: string): void {
+    checkHostOpen(this.host, `vfio: unbind ${String(bdf)}`);
     const at = this.requireFunction(bdf);
     const n = this.host.pci.groupOf(at);
     this.checkNotOpen(at, n === undefined ? undefined : this.byNumber.get(n), `unbind ${at}`);
@@ -92,6 +101,7 @@ export class Vfio {
 
   /** The driver `bdf` is bound to (undefined: none). */
   driverOf(bdf: string): string | undefined {
+    checkHostOpen(this.host, `vfio: driver of ${String(bdf)}`);
     return this.host.pci.driverOf(this.requireFunction(bdf));
   }
 

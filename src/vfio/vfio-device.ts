@@ -20,8 +20,9 @@ export class VfioDevice {
     this.bdf = dev.bdf;
   }
 
-  /** The machine's device, for DMA. 'EINVAL' once the handle is closed. */
+  /** The machine's device, for DMA. 'EINVAL' once the handle is closed, 'ESHUTDOWN' once the machine is. */
   get device(): Device {
+    this.group.checkOpen(`VFIO device ${this.bdf}`);
     if (!this.dev) throw new DmaError('EINVAL', `VFIO device ${this.bdf}: the handle is closed`);
     return this.dev;
   }
