@@ -16,6 +16,8 @@ export type DmaErrorCode =
   | 'ESHUTDOWN' // the machine is closed
   | 'EPERM'; // operation not allowed in this state
 
+export const DMA_ERROR_CODES: readonly DmaErrorCode[] = ['EFAULT', 'EEXIST', 'EINVAL', 'ENOSPC', 'ENOMEM', 'EBUSY', 'ENOENT', 'ENODEV', 'EIO', 'ERANGE', 'ESHUTDOWN', 'EPERM'];
+
 export class DmaError extends Error {
   readonly code: DmaErrorCode;
   constructor(code: DmaErrorCode, message: string, options?: { cause?: unknown }) {

@@ -251,8 +251,11 @@ describe('coherent allocations', () => {
     const m = await machine();
     const dev = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
     const c = m.dma.allocCoherent(dev, 4096);
-    m.ram.fill(c.cpuAddr, 4096, 0x12);
-    await dev.copy({ src: c.addr, dst: c.addr + 2048, len: 1024 });
+    expect(c.addr + c.size).toBeLessThanOrEqual(4 * GiB);
+    m.ram.fill(c.cpuAddr, 2048, 0x12);
+    // The device reads the first half and writes the second: both directions are allowed.
+    expect(await dev.copy({ src: c.addr, dst: c.addr + 2048, len: 2048 })).toMatchObject({ status: 'ok' });
+    expect(allBytes(m.ram.read(c.cpuAddr + 2048, 2048), 0x12)).toBe(true);
     expect(m.iommu.faults()).toEqual([]);
     m.dma.freeCoherent(dev, c);
     expectNothingMapped(m, dev);
@@ -287,5 +290,104 @@ describe('bounce pool limits', () => {
     const dev = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
     const a = m.ram.alloc(4096, { above: 4 * GiB });
     expect(() => m.dma.mapSingle(dev, a.pa, 4096, 'to-device')).toThrow(/ERANGE.*00:03\.0.*32-bit/);
+  });
+});
+
+describe('unmap with a wrong size or address (caught before anything changes)', () => {
+  it('refuses an unmap shorter than the mapping and leaves the mapping whole', async () => {
+    const m = await machine();
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    const a = m.ram.alloc(4 * 4096);
+    const h = m.dma.mapSingle(dev, a.pa, 4 * 4096, 'to-device');
+    expect(() => m.dma.unmapSingle(dev, { ...h, len: 3 * 4096 })).toThrow(/EINVAL.*wrong size/);
+    const d = m.iommu.domainOf(dev)!;
+    for (let i = 0; i < 4; i++) expect(d.iovaToPhys((h.addr + i * 4096) as never)).toBe(a.pa + i * 4096);
+    m.dma.unmapSingle(dev, h);
+    expectNothingMapped(m, dev);
+  });
+
+  it('refuses an unmap longer than the mapping without touching the mapping next to it', async () => {
+    const m = await machine();
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    const a = m.ram.alloc(4096);
+    const b = m.ram.alloc(4096);
+    const ha = m.dma.mapSingle(dev, a.pa, 4096, 'to-device');
+    const hb = m.dma.mapSingle(dev, b.pa, 4096, 'to-device');
+    const [lo, hi] = ha.addr < hb.addr ? [ha, hb] : [hb, ha];
+    expect(hi.addr - lo.addr).toBe(4096); // neighbours, so a 2-page unmap of the lower one would reach the other
+    expect(() => m.dma.unmapSingle(dev, { ...lo, len: 8192 })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    const d = m.iommu.domainOf(dev)!;
+    expect(d.iovaToPhys(hi.addr as never)).not.toBeNull();
+    m.dma.unmapSingle(dev, ha);
+    m.dma.unmapSingle(dev, hb);
+    expectNothingMapped(m, dev);
+  });
+
+  it('refuses a double unmap under the IOMMU in lazy mode too, changing nothing', async () => {
+    const m = await machine({ iommu: { invalidation: 'lazy', flushTimeoutMs: 0 } });
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    const a = m.ram.alloc(4096);
+    const h = m.dma.mapSingle(dev, a.pa, 4096, 'to-device');
+    m.dma.unmapSingle(dev, h);
+    expect(() => m.dma.unmapSingle(dev, h)).toThrow(/EINVAL.*double unmap/);
+    m.iommu.flush();
+    expectNothingMapped(m, dev);
+  });
+
+  it('refuses freeCoherent with another CPU address, freeing nothing', async () => {
+    const m = await machine();
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    const c = m.dma.allocCoherent(dev, 4096);
+    const other = m.ram.alloc(4096);
+    const pages = m.ram.pagesInUse();
+    expect(() => m.dma.freeCoherent(dev, { ...c, cpuAddr: other.pa })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(m.ram.pagesInUse()).toBe(pages);
+    m.dma.freeCoherent(dev, c);
+    m.ram.free(other);
+    expectNothingMapped(m, dev);
+  });
+});
+
+describe('more DMA API rules', () => {
+  it('hands out zeroed coherent memory, as dma_alloc_coherent does', async () => {
+    for (const enabled of [true, false]) {
+      const m = await machine({ iommu: { enabled } });
+      const dev = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+      const dirty = m.ram.alloc(64 * 4096, { below: 4 * GiB });
+      m.ram.fill(dirty.pa, dirty.size, 0xee);
+      m.ram.free(dirty);
+      const c = m.dma.allocCoherent(dev, 64 * 4096);
+      expect(allBytes(m.ram.read(c.cpuAddr, c.size), 0)).toBe(true);
+      m.dma.freeCoherent(dev, c);
+    }
+  });
+
+  it('lets a bounced bidirectional mapping be synced in either direction', async () => {
+    const m = await machine({ iommu: { enabled: false } });
+    const dev = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+    const a = m.ram.alloc(4096, { above: 4 * GiB });
+    const h = m.dma.mapSingle(dev, a.pa, 4096, 'bidirectional');
+    await dev.fill({ dst: h.addr, len: 4096, value: 0x3c });
+    m.dma.syncForCpu(dev, h.addr, 4096, 'from-device');
+    expect(allBytes(m.ram.read(a.pa, 4096), 0x3c)).toBe(true);
+    m.dma.syncForDevice(dev, h.addr, 4096, 'to-device');
+    m.dma.unmapSingle(dev, h);
+  });
+
+  it('refuses to map the bounce pool\'s own memory directly', async () => {
+    const m = await machine({ iommu: { enabled: false } });
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    const start = m.dma.swiotlb!.start;
+    expect(() => m.dma.mapSingle(dev, start, 4096, 'to-device')).toThrow(/EINVAL.*SWIOTLB pool/);
+  });
+
+  it('refuses syncs with a bad length or direction', async () => {
+    const m = await machine();
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    const a = m.ram.alloc(4096);
+    const h = m.dma.mapSingle(dev, a.pa, 4096, 'to-device');
+    expect(() => m.dma.syncForCpu(dev, h, -5)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(() => m.dma.syncForCpu(dev, h, 10, 'sideways' as never)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    m.dma.unmapSingle(dev, h);
   });
 });

@@ -151,7 +151,7 @@ describe('DMA-API debugging', () => {
     expect(checks(m)).toEqual(['double-unmap']);
   });
 
-  it('checks a mapping made in one thread when another unmaps it (shared records)', async () => {
+  it('checks a mapping made through one DMA API against an unmap through another attached to the same handle (shared records)', async () => {
     const { m, dev } = await setup(true, { iommu: { enabled: false } });
     const a = m.ram.alloc(4096);
     const h = m.dma.mapSingle(dev, a.pa, 4096, 'to-device');

@@ -83,3 +83,26 @@ describe('driver threads (piscina)', () => {
     expect(() => new DriverPool({ threads: 0 })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
   });
 });
+
+describe('driver thread failures', () => {
+  it('keeps the DmaError code of an error thrown in a driver thread', async () => {
+    const m = await machine({});
+    await m.addDevice({ bdf: '00:03.0' });
+    await expect(mapBenchmark(m, { device: '00:09.0', iterations: 10 })).rejects.toMatchObject({ name: 'DmaError', code: 'ENODEV' });
+  });
+
+  it('leaves nothing mapped when a batch of maps runs out of bounce slots', async () => {
+    const m = await machine({ iommu: { enabled: false }, swiotlb: { size: 1 * MiB, force: true } });
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    await expect(mapBenchmark(m, { device: '00:03.0', granulePages: 64, batch: 8, iterations: 8, warmup: 0 })).rejects.toMatchObject({ code: 'ENOSPC' });
+    expectNoLeak(m, [dev]);
+  });
+
+  it('refuses more benchmark threads than the pool has (they would not overlap)', async () => {
+    const m = await machine({});
+    await m.addDevice({ bdf: '00:03.0' });
+    const pool = new DriverPool({ threads: 1 });
+    pools.push(pool);
+    await expect(mapBenchmark(m, { device: '00:03.0', threads: 2, pool })).rejects.toMatchObject({ code: 'EINVAL' });
+  });
+});

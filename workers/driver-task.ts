@@ -28,7 +28,7 @@ export interface MapBenchTask {
   iterations: number;
   /** Busy delay between map and unmap, like dma_trans_ns (0 = none). */
   delayNs: number;
-  /** Maps timed together (timer overhead is ~40 ns, so single maps are timed in batches). */
+  /** Maps timed together (timer overhead is ~40 ns, so single maps are timed in batches; 1 when delayNs > 0). */
   batch: number;
   /** Pairs run first and not measured. */
   warmup: number;
@@ -43,37 +43,59 @@ export interface MapBenchThreadResult {
   unmap: LatencySummary;
   /** Map+unmap pairs per second in this thread. */
   pairsPerSecond: number;
+  /** Wall-clock start and end of the measured loop (ms since the epoch, sub-ms precision). */
+  startedAt: number;
+  endedAt: number;
 }
 
 export function mapBench(t: MapBenchTask): MapBenchThreadResult {
   const drv = attachDriver(t.driver);
-  const dev = drv.device(t.bdf);
   const size = t.granulePages * 4096;
-  const bufs = Array.from({ length: t.batch }, () => drv.dma.ram.alloc(size));
-  const maps: DmaMapping[] = new Array(t.batch);
+  // dma_map_benchmark delays between each map and its unmap: with a delay, one pair per batch.
+  const batch = t.delayNs > 0 ? 1 : t.batch;
+  const bufs: Array<{ pa: Pa; size: number }> = [];
+  const maps: DmaMapping[] = [];
   const mapNs: number[] = [];
   const unmapNs: number[] = [];
   let done = 0;
   try {
+    const dev = drv.device(t.bdf);
+    for (let k = 0; k < batch; k++) bufs.push(drv.dma.ram.alloc(size));
     const round = (measure: boolean): void => {
       const t0 = performance.now();
-      for (let k = 0; k < t.batch; k++) maps[k] = drv.dma.mapSingle(dev, bufs[k].pa, size, t.dir);
+      try {
+        for (let k = 0; k < batch; k++) maps.push(drv.dma.mapSingle(dev, bufs[k].pa, size, t.dir));
+      } catch (e) {
+        for (const m of maps.splice(0)) drv.dma.unmapSingle(dev, m); // nothing of a failed batch stays mapped
+        throw e;
+      }
       const t1 = performance.now();
       if (t.delayNs > 0) while ((performance.now() - t1) * 1e6 < t.delayNs);
       const t2 = performance.now();
-      for (let k = 0; k < t.batch; k++) drv.dma.unmapSingle(dev, maps[k]);
+      for (const m of maps.splice(0)) drv.dma.unmapSingle(dev, m);
       const t3 = performance.now();
       if (measure) {
-        mapNs.push(((t1 - t0) * 1e6) / t.batch);
-        unmapNs.push(((t3 - t2) * 1e6) / t.batch);
-        done += t.batch;
+        mapNs.push(((t1 - t0) * 1e6) / batch);
+        unmapNs.push(((t3 - t2) * 1e6) / batch);
+        done += batch;
       }
     };
-    for (let i = 0; i < t.warmup; i += t.batch) round(false);
+    for (let i = 0; i < t.warmup; i += batch) round(false);
     const start = performance.now();
+    const startedAt = performance.timeOrigin + start;
     while (done < t.iterations && performance.now() - start < t.durationMs) round(true);
-    const seconds = (performance.now() - start) / 1000;
-    return { threadId, iterations: done, seconds, map: summarize(mapNs), unmap: summarize(unmapNs), pairsPerSecond: done / seconds };
+    const end = performance.now();
+    const seconds = (end - start) / 1000;
+    return {
+      threadId,
+      iterations: done,
+      seconds,
+      startedAt,
+      endedAt: performance.timeOrigin + end,
+      map: summarize(mapNs),
+      unmap: summarize(unmapNs),
+      pairsPerSecond: done / seconds,
+    };
   } finally {
     for (const b of bufs) drv.dma.ram.free(b);
     drv.close();
@@ -104,9 +126,16 @@ export interface HandoffResult {
 }
 
 export function handoff(t: HandoffTask): HandoffResult {
-  const drv = attachDriver(t.driver);
-  const dev = drv.device(t.bdf);
   const box = HandoffMailbox.attach(t.mailbox);
+  let drv: ReturnType<typeof attachDriver>;
+  let dev: ReturnType<ReturnType<typeof attachDriver>['device']>;
+  try {
+    drv = attachDriver(t.driver);
+    dev = drv.device(t.bdf);
+  } catch (e) {
+    box.close(t.slot); // the device side must not wait for transfers that will never come
+    throw e;
+  }
   const ram = drv.dma.ram;
   let x = t.seed >>> 0 || 1;
   let mismatches = 0;
@@ -117,26 +146,36 @@ export function handoff(t: HandoffTask): HandoffResult {
       const len = t.sizes[r % t.sizes.length];
       const opts = t.above !== undefined ? { above: t.above } : {};
       const src = ram.alloc(len, opts);
-      const dst = ram.alloc(len, opts);
       try {
-        const data = new Uint8Array(len);
-        for (let i = 0; i < len; i++) {
-          x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-          data[i] = x >>> 24;
+        const dst = ram.alloc(len, opts);
+        try {
+          const data = new Uint8Array(len);
+          for (let i = 0; i < len; i++) {
+            x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+            data[i] = x >>> 24;
+          }
+          ram.write(src.pa, data);
+          ram.fill(dst.pa, len, 0);
+          const s = drv.dma.mapSingle(dev, src.pa, len, 'to-device');
+          let status: number;
+          try {
+            const d = drv.dma.mapSingle(dev, dst.pa, len, 'from-device');
+            try {
+              status = box.post(t.slot, s.addr, d.addr, len);
+            } finally {
+              drv.dma.unmapSingle(dev, d); // a bounced destination is copied back here
+            }
+          } finally {
+            drv.dma.unmapSingle(dev, s);
+          }
+          if (status !== 0) failed++;
+          else if (!sameBytes(ram.read(dst.pa as Pa, len), data)) mismatches++;
+          bytes += len;
+        } finally {
+          ram.free(dst);
         }
-        ram.write(src.pa, data);
-        ram.fill(dst.pa, len, 0);
-        const s = drv.dma.mapSingle(dev, src.pa, len, 'to-device');
-        const d = drv.dma.mapSingle(dev, dst.pa, len, 'from-device');
-        const status = box.post(t.slot, s.addr, d.addr, len);
-        drv.dma.unmapSingle(dev, d); // a bounced destination is copied back here
-        drv.dma.unmapSingle(dev, s);
-        if (status !== 0) failed++;
-        else if (!sameBytes(ram.read(dst.pa as Pa, len), data)) mismatches++;
-        bytes += len;
       } finally {
         ram.free(src);
-        ram.free(dst);
       }
     }
   } finally {

@@ -15,14 +15,14 @@
  * direction) are DMA-API debugging's job, opt-in as CONFIG_DMA_API_DEBUG (dma-debug.ts).
  */
 import { DmaError, hex } from '../errors.js';
-import { type DmaAddr, type Pa, PAGE_SIZE, dmaAddr, pageUp } from '../addresses.js';
+import { type DmaAddr, type Iova, type Pa, PAGE_SIZE, dmaAddr, pageUp } from '../addresses.js';
 import { GuestRam, type GuestRamHandle } from '../memory/guest-ram.js';
 import { Iommu } from '../iommu/iommu.js';
 import type { IommuHandle } from '../iommu/iommu-handle.js';
 import { Domain, type DomainHandle } from '../iommu/domain.js';
 import { DMA_DIRECTIONS, type DmaDirection } from './direction.js';
 import { type DmaDevice, type DmaDeviceInfo, dmaLimit } from './dma-device.js';
-import { iommuMapRange, iommuMapSg, iommuClear, iommuRelease, iovaRange, LazyFlusher, type InvalidationMode } from './dma-iommu.js';
+import { iommuMapRange, iommuMapSg, iommuCheckRange, iommuClear, iommuRelease, iovaRange, LazyFlusher, type InvalidationMode } from './dma-iommu.js';
 import { directMap, directUnmap, directSync } from './dma-direct.js';
 import { mergeDirectSg, type DmaSgTable, type MappedSgEntry, type SgEntry } from './scatterlist.js';
 import { DmaCounters, DMA_COUNTER as C, type DmaCountersHandle, type DmaCounterValues } from './dma-counters.js';
@@ -142,6 +142,8 @@ export class DmaApi {
     this.forceBounce = options.forceBounce ?? false;
     this.debug = options.debug ?? null;
     this.counters = counters;
+    // The counter slot first: running out of slots must fail the attach, not a map half-done.
+    counters.claim();
     this.flusher = new LazyFlusher(this.flushTimeoutMs);
     this.domainById = options.domainById ?? ((id) => iommu.domain(id));
     this.ownDomains = options.ownDomains ?? [];
@@ -206,6 +208,7 @@ export class DmaApi {
     if (m.domainId >= 0) {
       const domain = this.domainOf(dev, m.domainId, addr);
       const { page, npages } = iovaRange(addr, len);
+      iommuCheckRange(domain, page, npages, dev.bdf);
       iommuClear(domain, page, npages, this.mode, dev.bdf);
       iommuRelease(domain, page, npages, this.mode, this.flusher, dev.bdf);
     } else {
@@ -264,6 +267,7 @@ export class DmaApi {
     if (this.debug) for (const e of sg.entries) this.debug.unmap(dev, 'sg', e.addr, e.len, sg.dir);
     if (sg.domainId >= 0) {
       const domain = this.domainOf(dev, sg.domainId, sg.entries[0]?.addr ?? dmaAddr(0));
+      iommuCheckRange(domain, sg.iovaPage, sg.iovaPages, dev.bdf);
       // Each entry's pages (padding between them maps nothing), then the one IOVA range back.
       let i = 0;
       while (i < sg.entries.length) {
@@ -309,6 +313,7 @@ export class DmaApi {
     const bytes = pageUp(size);
     const domain = this.translatingDomain(dev);
     const buf = this.ram.alloc(bytes, domain ? {} : { below: dmaLimit(dev) });
+    this.ram.fill(buf.pa, bytes, 0); // dma_alloc_coherent memory is zeroed (Linux ≥ 5.0)
     let c: DmaCoherent;
     try {
       if (domain) {
@@ -328,13 +333,29 @@ export class DmaApi {
   /** dma_free_coherent. */
   freeCoherent(dev: DmaDevice, c: DmaCoherent): void {
     this.checkOpen('freeCoherent', dev);
-    if (!c || typeof c !== 'object' || !Number.isSafeInteger(c.size) || c.size <= 0 || c.size % PAGE_SIZE !== 0) {
-      throw new DmaError('EINVAL', `dma: freeCoherent for device ${dev?.bdf}: ${String(c)} is not an allocation from allocCoherent`);
+    if (
+      !c ||
+      typeof c !== 'object' ||
+      !Number.isSafeInteger(c.size) ||
+      c.size <= 0 ||
+      c.size % PAGE_SIZE !== 0 ||
+      !Number.isSafeInteger(c.addr) ||
+      !Number.isSafeInteger(c.cpuAddr) ||
+      !Number.isInteger(c.domainId)
+    ) {
+      throw new DmaError('EINVAL', `dma: freeCoherent for device ${dev?.bdf}: ${describe(c)} is not an allocation from allocCoherent`);
     }
-    this.debug?.unmap(dev, 'coherent', c.addr, c.size, 'bidirectional');
+    this.debug?.unmap(dev, 'coherent', c.addr, c.size, 'bidirectional', c.cpuAddr);
+    if (c.domainId < 0 && (c.addr as number) !== (c.cpuAddr as number)) {
+      throw new DmaError('EINVAL', `dma: freeCoherent of ${hex(c.addr)} for device ${dev.bdf}: without translation its CPU address must be ${hex(c.addr)}, not ${hex(c.cpuAddr)}`);
+    }
     if (c.domainId >= 0) {
       const domain = this.domainOf(dev, c.domainId, c.addr);
       const { page, npages } = iovaRange(c.addr, c.size);
+      iommuCheckRange(domain, page, npages, dev.bdf);
+      if (domain.iovaToPhys(c.addr as number as Iova) !== c.cpuAddr) {
+        throw new DmaError('EINVAL', `dma: freeCoherent of ${hex(c.addr)} for device ${dev.bdf}: its CPU address ${hex(c.cpuAddr)} is not the memory mapped there`);
+      }
       iommuClear(domain, page, npages, this.mode, dev.bdf);
       iommuRelease(domain, page, npages, this.mode, this.flusher, dev.bdf);
     }
@@ -395,6 +416,11 @@ export class DmaApi {
     } else {
       const m = this.checkMapping(dev, target as DmaMapping, op);
       ranges.push({ addr: m.addr, len: len ?? m.len, dir: dir ?? m.dir, domainId: (target as DmaMapping).domainId });
+    }
+    for (const r of ranges) {
+      if (!Number.isSafeInteger(r.len) || r.len <= 0 || !DMA_DIRECTIONS.includes(r.dir)) {
+        throw new DmaError('EINVAL', `dma: ${op} of ${hex(Number(r.addr))} for device ${dev.bdf}: length ${String(r.len)} and direction ${String(r.dir)} must be a positive integer and one of ${DMA_DIRECTIONS.join(', ')}`);
+      }
     }
     for (const r of ranges) {
       this.debug?.sync(dev, r.addr, r.len, r.dir, forCpu);

@@ -81,7 +81,9 @@ export class DmaCounters {
     return out;
   }
 
-  private claim(): Float64Array {
+  /** Takes this thread's slot now (DmaApi does, before any mapping can have a side effect). */
+  claim(): Float64Array {
+    if (this.mine) return this.mine;
     for (let s = 0; s < SLOTS; s++) {
       // ORDERING: taking the slot happens-after the previous owner's release, so its counts are seen.
       if (Atomics.compareExchange(this.owners, s, 0, 1) === 0) {

@@ -5,7 +5,8 @@
  * call itself then goes on as it would without debugging.
  *
  * Checks (report `check` names): unmap-never-mapped, double-unmap, unmap-wrong-size,
- * unmap-wrong-dir, unmap-wrong-type (e.g. freeCoherent of a mapSingle address), sync-outside (no
+ * unmap-wrong-dir, unmap-wrong-type (e.g. freeCoherent of a mapSingle address),
+ * free-wrong-cpu-addr (freeCoherent with another CPU address), sync-outside (no
  * mapping holds the range, or it runs past the mapping's end), sync-wrong-dir, sg-segment-too-long,
  * sg-segment-boundary, leak (still mapped when the machine closes), table-full (recording stopped).
  *
@@ -42,6 +43,7 @@ export type DmaDebugCheck =
   | 'unmap-wrong-size'
   | 'unmap-wrong-dir'
   | 'unmap-wrong-type'
+  | 'free-wrong-cpu-addr'
   | 'sync-outside'
   | 'sync-wrong-dir'
   | 'sg-segment-too-long'
@@ -69,6 +71,7 @@ const CHECKS: readonly DmaDebugCheck[] = [
   'unmap-wrong-size',
   'unmap-wrong-dir',
   'unmap-wrong-type',
+  'free-wrong-cpu-addr',
   'sync-outside',
   'sync-wrong-dir',
   'sg-segment-too-long',
@@ -107,6 +110,7 @@ interface Entry {
   dir: number;
   len: number;
   addr: number;
+  pa: number;
   origin: string;
 }
 
@@ -176,7 +180,7 @@ export class DmaDebug {
   }
 
   /** check_unmap: the mapping must exist, for this device, with this size, direction and kind. */
-  unmap(dev: DmaDeviceInfo, kind: DmaDebugKind, addr: number, len: number, dir: DmaDirection): void {
+  unmap(dev: DmaDeviceInfo, kind: DmaDebugKind, addr: number, len: number, dir: DmaDirection, cpuAddr?: number): void {
     const at = callerLine();
     this.mutex.with(() => {
       if (this.w[DISABLED]) return;
@@ -190,6 +194,9 @@ export class DmaDebug {
       if (live.len !== len) this.report('unmap-wrong-size', dev.bdf, addr, len, d, k, live, at);
       if (live.dir !== d) this.report('unmap-wrong-dir', dev.bdf, addr, len, d, k, live, at);
       if (live.kind !== k) this.report('unmap-wrong-type', dev.bdf, addr, len, d, k, live, at);
+      if (cpuAddr !== undefined && live.pa !== cpuAddr) {
+        this.report('free-wrong-cpu-addr', dev.bdf, addr, len, d, k, live, at, `CPU address ${hex(cpuAddr)}, allocated at ${hex(live.pa)}`);
+      }
       this.dv.setInt32(ENTRIES_AT + live.slot * ENTRY_BYTES, GONE, true);
       this.w[LIVE]--;
     });
@@ -301,6 +308,7 @@ export class DmaDebug {
       dir: this.dv.getInt32(at + 8, true),
       addr: this.dv.getFloat64(at + 16, true),
       len: this.dv.getFloat64(at + 24, true),
+      pa: this.dv.getFloat64(at + 32, true),
       origin: this.getString(at + 56, ORIGIN_BYTES),
     };
   }
@@ -380,6 +388,7 @@ function describeReport(
     'unmap-wrong-size': 'device driver frees DMA memory with a different size',
     'unmap-wrong-dir': 'device driver frees DMA memory with a different direction',
     'unmap-wrong-type': 'device driver frees DMA memory with the wrong function',
+    'free-wrong-cpu-addr': 'device driver frees DMA memory with a different CPU address',
     'sync-outside': 'device driver syncs DMA memory outside a mapping',
     'sync-wrong-dir': 'device driver syncs DMA memory with a different direction',
     'sg-segment-too-long': 'mapping sg segment longer than the device supports',

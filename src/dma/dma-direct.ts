@@ -18,6 +18,9 @@ export function directMap(
   len: number,
   dir: DmaDirection,
 ): { addr: DmaAddr; bounced: boolean } {
+  if (swiotlb && pa < swiotlb.end && pa + len > swiotlb.start) {
+    throw new DmaError('EINVAL', `dma: buffer [${hex(pa)}, ${hex(pa + len)}) for device ${dev.bdf} overlaps the SWIOTLB pool [${hex(swiotlb.start)}, ${hex(swiotlb.end)}): the pool is not the driver's memory`);
+  }
   if (!forceBounce && pa + len <= dmaLimit(dev)) return { addr: dmaAddr(pa), bounced: false };
   if (!swiotlb) {
     throw new DmaError(

@@ -86,19 +86,50 @@ export function iommuMapSg(
   return { segments: finaliseIommuSg(base, entries, layout, dev.maxSegmentSize, dev.segmentBoundaryMask), addrs, page, npages };
 }
 /**
- * Clears the PTEs of IOVA pages [page, page + npages): strict mode waits for the invalidation,
- * lazy mode leaves the IOTLB entries stale. Pages that are not all mapped are 'EINVAL' (a double
- * unmap, or a wrong address or size); the caller then gives no IOVA back.
+ * Checks, before anything changes, that [page, page + npages) is exactly a range this domain's
+ * allocator handed out (the same size class; a large range to the page) and that no page of
+ * that range lies mapped beyond it: an unmap with a wrong address or size is then 'EINVAL' with
+ * nothing cleared and nothing freed (Linux would WARN and corrupt; we refuse).
+ */
+export function iommuCheckRange(domain: Domain, page: number, npages: number, who: string): void {
+  try {
+    domain.iova.checkFree(page, npages, who);
+  } catch (e) {
+    const why = e instanceof Error ? e.message.replace(/^EINVAL: /, '') : String(e);
+    throw new DmaError(
+      'EINVAL',
+      `dma: unmap of IOVA [${hex(page * PAGE_SIZE)}, ${hex((page + npages) * PAGE_SIZE)}) for device ${who} in ${domain.name}: not a range the DMA API handed out at this size (double unmap, wrong address or wrong size?): ${why}`,
+      { cause: e },
+    );
+  }
+  const block = npages <= 32 ? 2 ** Math.ceil(Math.log2(npages)) : npages;
+  if (npages < block && domain.iovaToPhys(((page + npages) * PAGE_SIZE) as Iova) !== null) {
+    throw new DmaError(
+      'EINVAL',
+      `dma: unmap of IOVA [${hex(page * PAGE_SIZE)}, ${hex((page + npages) * PAGE_SIZE)}) for device ${who} in ${domain.name}: the mapping goes on at ${hex((page + npages) * PAGE_SIZE)} (wrong size?)`,
+    );
+  }
+}
+
+/**
+ * Clears the PTEs of IOVA pages [page, page + npages) of one mapped run: strict mode waits for
+ * the invalidation, lazy mode leaves the IOTLB entries stale. Its first and last pages must be
+ * mapped (else 'EINVAL' — a double unmap, or a wrong size — and nothing is cleared; the pages of a
+ * DMA API mapping are contiguous, so that covers the run).
  */
 export function iommuClear(domain: Domain, page: number, npages: number, mode: InvalidationMode, who: string): void {
   const iova = (page * PAGE_SIZE) as Iova;
   const size = npages * PAGE_SIZE;
-  const cleared = mode === 'strict' ? domain.unmap(iova, size) : domain.unmapLazy(iova, size);
-  if (cleared !== size) {
+  const first = domain.iovaToPhys(iova) !== null;
+  if (!first || domain.iovaToPhys((iova + size - PAGE_SIZE) as Iova) === null) {
     throw new DmaError(
       'EINVAL',
-      `dma: unmap of IOVA [${hex(iova)}, ${hex(iova + size)}) for device ${who} in ${domain.name}: ${cleared === 0 ? 'nothing is mapped there (double unmap, or never mapped)' : `only ${cleared} of ${size} bytes were mapped (wrong size?)`}`,
+      `dma: unmap of IOVA [${hex(iova)}, ${hex(iova + size)}) for device ${who} in ${domain.name}: ${first ? `${hex(iova + size - PAGE_SIZE)} is not mapped (wrong size?)` : 'nothing is mapped there (double unmap, or never mapped)'}`,
     );
+  }
+  const cleared = mode === 'strict' ? domain.unmap(iova, size) : domain.unmapLazy(iova, size);
+  if (cleared !== size) {
+    throw new DmaError('EINVAL', `dma: unmap of IOVA [${hex(iova)}, ${hex(iova + size)}) for device ${who} in ${domain.name}: only ${cleared} of ${size} bytes were mapped`);
   }
 }
 

@@ -5,7 +5,7 @@
  * close().
  */
 import { Piscina } from 'piscina';
-import { DmaError } from '../errors.js';
+import { DmaError, DMA_ERROR_CODES, type DmaErrorCode } from '../errors.js';
 import { workerUrl } from '../worker-url.js';
 import type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult } from '../../workers/driver-task.js';
 
@@ -16,6 +16,8 @@ interface TaskTypes {
   handoff: [HandoffTask, HandoffResult];
 }
 
+export const MAX_DRIVER_THREADS = 32;
+
 export class DriverPool {
   readonly threads: number;
   private readonly pool: Piscina;
@@ -23,8 +25,9 @@ export class DriverPool {
 
   constructor(options: { threads: number }) {
     const { threads } = options;
-    if (!Number.isInteger(threads) || threads < 1 || threads > 64) {
-      throw new DmaError('EINVAL', `driver pool: threads = ${String(threads)} must be an integer in [1, 64]`);
+    // Each thread takes one of the DMA API's 64 counter slots; the machine's own thread takes one.
+    if (!Number.isInteger(threads) || threads < 1 || threads > MAX_DRIVER_THREADS) {
+      throw new DmaError('EINVAL', `driver pool: threads = ${String(threads)} must be an integer in [1, ${MAX_DRIVER_THREADS}]`);
     }
     this.threads = threads;
     // One task per thread at a time: a task is a driver's whole loop, not a small job.
@@ -33,7 +36,13 @@ export class DriverPool {
 
   run<K extends keyof TaskTypes>(name: K, task: TaskTypes[K][0]): Promise<TaskTypes[K][1]> {
     if (this.closing) return Promise.reject(new DmaError('ESHUTDOWN', `driver pool: ${name} after close()`));
-    return this.pool.run(task, { name }) as Promise<TaskTypes[K][1]>;
+    return (this.pool.run(task, { name }) as Promise<TaskTypes[K][1]>).catch((e: unknown) => {
+      // A thrown DmaError crosses the thread as a plain Error: give it its class and code back.
+      const msg = e instanceof Error ? e.message : String(e);
+      const code = /^([A-Z]+): /.exec(msg)?.[1];
+      if (code && DMA_ERROR_CODES.includes(code as DmaErrorCode)) throw new DmaError(code as DmaErrorCode, msg.slice(code.length + 2), { cause: e });
+      throw e;
+    });
   }
 
   /** Ends every thread of the pool. Idempotent. */

@@ -32,7 +32,10 @@ export interface MapBenchmarkOptions {
 
 export interface MapBenchmarkResult {
   threads: MapBenchThreadResult[];
-  /** Map+unmap pairs per second, all threads together. */
+  /**
+   * Map+unmap pairs per second, all threads together: every pair over the wall time from the
+   * first thread's start to the last one's end (threads that did not overlap do not add up).
+   */
   pairsPerSecond: number;
   /** Mean of the threads' mean latencies, ns. */
   mapMeanNs: number;
@@ -62,6 +65,9 @@ export async function mapBenchmark(machine: { driverHandle(): DriverHandle }, op
   }
   if (!(o.durationMs > 0) || !(o.iterations > 0)) throw new DmaError('EINVAL', 'mapBenchmark: durationMs and iterations must be positive');
   if (!DMA_DIRECTIONS.includes(o.dir)) throw new DmaError('EINVAL', `mapBenchmark.dir = ${String(o.dir)}: must be one of ${DMA_DIRECTIONS.join(', ')}`);
+  if (o.pool && o.threads > o.pool.threads) {
+    throw new DmaError('EINVAL', `mapBenchmark: threads = ${o.threads} but the pool has ${o.pool.threads} thread(s): they would not run at once`);
+  }
   const driver = machine.driverHandle();
   const pool = o.pool ?? new DriverPool({ threads: o.threads });
   try {
@@ -70,7 +76,7 @@ export async function mapBenchmark(machine: { driverHandle(): DriverHandle }, op
     const mean = (f: (t: MapBenchThreadResult) => number): number => threads.reduce((a, t) => a + f(t), 0) / threads.length;
     return {
       threads,
-      pairsPerSecond: threads.reduce((a, t) => a + t.pairsPerSecond, 0),
+      pairsPerSecond: threads.reduce((a, t) => a + t.iterations, 0) / ((Math.max(...threads.map((t) => t.endedAt)) - Math.min(...threads.map((t) => t.startedAt))) / 1000),
       mapMeanNs: mean((t) => t.map.mean),
       unmapMeanNs: mean((t) => t.unmap.mean),
     };

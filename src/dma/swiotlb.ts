@@ -512,7 +512,9 @@ export class Swiotlb {
         );
       }
       const mapped = DIRS[w[s + S_STATE] - 1];
-      if (mapped !== dir) {
+      // Linux's check_sync lets a bidirectional mapping be synced in any direction; the copy
+      // follows the direction passed in (swiotlb_sync_single_for_*).
+      if (mapped !== dir && mapped !== 'bidirectional') {
         throw new DmaError('EINVAL', `swiotlb: ${op} of ${hex(tlbAddr)} for ${who} as ${dir}, but it was mapped ${mapped}`);
       }
       return this.heads[head * 2 + F_ORIG] + (tlbAddr - start);
