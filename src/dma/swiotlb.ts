@@ -652,7 +652,7 @@ export class Swiotlb {
         w[s + S_LIST] = ++count;
         w[s + S_OWNER] = 0;
       }
-      for (const k of [S_STATE, S_SIZE, S_OFFSET, S_PAD, S_NSLOTS, S_ALLOC]) w[hs + k] = 0;
+      w[hs + S_STATE] = w[hs + S_SIZE] = w[hs + S_OFFSET] = w[hs + S_PAD] = w[hs + S_NSLOTS] = w[hs + S_ALLOC] = 0;
       this.heads[head * 2 + F_ORIG] = -1;
       this.heads[head * 2 + F_DEV] = -1;
       const segStart = segEnd - IO_TLB_SEGSIZE;
@@ -762,8 +762,9 @@ function checkDir(dir: BounceDirection, who: string): void {
 
 /** 2^bits, the first address the mask cannot express (exact up to 2^53). */
 function dmaLimit(bits: number): number {
-  return bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits;
+  return LIMITS[bits] ?? (bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits);
 }
+const LIMITS = Array.from({ length: 65 }, (_, b) => (b >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** b));
 
 /** iommu_is_span_boundary on addresses: [addr, addr + len) crosses a multiple of `boundary`. */
 function crossesBoundary(addr: number, len: number, boundary: number): boolean {
@@ -773,6 +774,8 @@ function crossesBoundary(addr: number, len: number, boundary: number): boolean {
 
 /** 2^n - 1 for some n ≥ 0 (any safe integer, so 0xffffffff and wider masks too). */
 function isMask(m: number): boolean {
+  // Small masks (the usual min_align_mask values) with integer bit tricks; wide ones with floats.
+  if (m >= 0 && m <= 0x7fffffff && (m | 0) === m) return (m & (m + 1)) === 0;
   return Number.isSafeInteger(m) && m >= 0 && 2 ** Math.round(Math.log2(m + 1)) === m + 1;
 }
 
@@ -785,7 +788,18 @@ function align8(n: number): number {
 }
 
 /** "[dddd:]bb:dd.f" → domain * 65536 + requester ID; -1 when bdf is not a PCI address. */
+/** Devices map over and over: their keys are parsed once (the cache stays small: one entry per BDF string seen). */
+const requesterKeys = new Map<string, number>();
 function requesterKey(bdf: string): number {
+  let k = requesterKeys.get(bdf);
+  if (k === undefined) {
+    k = parseRequesterKey(bdf);
+    if (requesterKeys.size < 4096) requesterKeys.set(bdf, k);
+  }
+  return k;
+}
+
+function parseRequesterKey(bdf: string): number {
   const m = /^(?:([0-9a-f]{1,4}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$/i.exec(bdf);
   if (!m) return -1;
   const dev = parseInt(m[3], 16);
