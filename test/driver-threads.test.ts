@@ -79,6 +79,50 @@ describe('driver threads (piscina)', () => {
     });
   }
 
+  /** Two functions of one multifunction device without ACS: one IOMMU group, so one domain. */
+  const sharedGroup = {
+    functions: [
+      { bdf: '00:00.0', type: 'host-bridge' },
+      { bdf: '00:01.0', type: 'root-port', secondary: 1, acs: { cap: ['SV', 'RR', 'CR', 'UF'], ctl: ['SV', 'RR', 'CR', 'UF'] } },
+      { bdf: '01:00.0', type: 'endpoint', multifunction: true },
+      { bdf: '01:00.1', type: 'endpoint' },
+    ],
+  };
+  for (const invalidation of ['strict', 'lazy'] as const) {
+    it(`keeps every transfer intact when both driver threads map into one shared domain while its 2 devices DMA (${invalidation})`, async () => {
+      const m = await machine({ topology: sharedGroup, iommu: { invalidation } });
+      const devs = [await m.addDevice({ bdf: '01:00.0', dmaMask: 32 }), await m.addDevice({ bdf: '01:00.1', dmaMask: 32 })];
+      expect(m.iommu.domainOf(devs[0])!.id).toBe(m.iommu.domainOf(devs[1])!.id); // one IOVA allocator, one page table
+      const pool = new DriverPool({ threads: 2 });
+      pools.push(pool);
+      const box = HandoffMailbox.create(2);
+      const driver = m.driverHandle();
+      const rounds = 150;
+      const drivers = devs.map((d, slot) =>
+        pool.run('handoff', { driver, bdf: d.bdf, mailbox: box.handle, slot, rounds, sizes: [4096, 100, 8192, 40000, 131072], seed: slot + 11, above: 4 * GiB }),
+      );
+      const served = devs.map(async (d, slot) => {
+        let n = 0;
+        for (let req = await box.take(slot); req; req = await box.take(slot)) {
+          const c = await d.submit(req.src, req.dst, req.len, 0);
+          box.complete(slot, c.status === 'ok' ? 0 : 1);
+          n++;
+        }
+        return n;
+      });
+      const results = await Promise.all(drivers);
+      expect(await Promise.all(served)).toEqual([rounds, rounds]);
+      for (const r of results) expect(r).toMatchObject({ rounds, mismatches: 0, failed: 0 });
+      expect(m.iommu.faults()).toEqual([]);
+      m.iommu.flush();
+      const s = m.stats();
+      expect(s.liveMappings).toBe(4);
+      const dom = m.iommu.domainOf(devs[0])!;
+      dom.iova.flushCaches();
+      expect(dom.iova.pagesInUse()).toBe(4); // the two devices' rings
+    });
+  }
+
   it('refuses a bad thread count', () => {
     expect(() => new DriverPool({ threads: 0 })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
   });
