@@ -87,6 +87,10 @@ describe('SWIOTLB on real workers', () => {
 
   it('home areas chosen by threadId', async () => {
     const { results } = await scenario({ size: 2 * MiB, areas: 4, homeAreas: [undefined, undefined], iterations: 200, maxLive: 8 });
-    for (const r of results) expect(r.unmaps).toBe(r.maps);
+    for (const r of results) {
+      expect(r.unmaps).toBe(r.maps);
+      expect(r.homeArea).toBe(r.threadId! % 4);
+    }
+    expect(results[0].homeArea).not.toBe(results[1].homeArea); // consecutive thread ids: different areas
   });
 });

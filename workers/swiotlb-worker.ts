@@ -10,7 +10,7 @@
  * The worker runs its iterations, unmaps what it still holds, posts one SwiotlbWorkerResult and
  * exits (no open handles).
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, threadId, workerData } from 'node:worker_threads';
 import { DmaError } from '../src/errors.js';
 import { GuestRam, type GuestRamHandle } from '../src/memory/guest-ram.js';
 import { Swiotlb, type SwiotlbHandle, type BounceDirection } from '../src/dma/swiotlb.js';
@@ -48,6 +48,9 @@ export interface SwiotlbWorkerResult {
   bounced: number;
   /** Slot bytes found intact before unmap. */
   checked: number;
+  /** The area this thread searched first, and the thread's id (the default home is threadId modulo the areas). */
+  homeArea?: number;
+  threadId?: number;
 }
 
 export const START_GO = 0;
@@ -76,7 +79,7 @@ function run(data: SwiotlbWorkerData): SwiotlbWorkerResult {
   const ram = GuestRam.attach(data.ram);
   const tlb = Swiotlb.attach(ram, data.swiotlb, { homeArea: data.homeArea });
   const dev = { bdf: data.bdf, dmaMaskBits: 32 };
-  const res: SwiotlbWorkerResult = { ok: true, maps: 0, unmaps: 0, syncs: 0, enospc: 0, bounced: 0, checked: 0 };
+  const res: SwiotlbWorkerResult = { ok: true, maps: 0, unmaps: 0, syncs: 0, enospc: 0, bounced: 0, checked: 0, homeArea: tlb.homeArea, threadId };
   let rnd = data.seed >>> 0 || 1;
   const next = (n: number): number => {
     rnd ^= rnd << 13;
