@@ -99,29 +99,30 @@ export async function dmaSuite(ms = 400): Promise<Figure[]> {
     await bounce.close();
     await iommu.close();
   }
-  // Break-even: where bounce cost crosses IOMMU cost (log-linear between the two sizes around it).
-  let breakeven = -1; // -1 until a crossing is found
-  for (let i = 0; i < rows.length; i++) {
-    if (rows[i].bounce >= rows[i].iommu) {
-      if (i === 0) breakeven = rows[0].size;
-      else {
-        const a = rows[i - 1];
-        const b = rows[i];
-        const da = a.iommu - a.bounce;
-        const db2 = b.bounce - b.iommu;
-        const f = da / (da + db2);
-        breakeven = Math.round(2 ** (Math.log2(a.size) + f * (Math.log2(b.size) - Math.log2(a.size))));
-      }
+  // Break-even: where the bounce and IOMMU cost curves cross (log-linear between the two sizes
+  // around the crossing), and which path is cheaper below it. -1: they do not cross in range.
+  let breakeven = -1;
+  let cheaperBelow = rows[0].bounce < rows[0].iommu ? 'bounce' : 'IOMMU';
+  for (let i = 1; i < rows.length; i++) {
+    const a = rows[i - 1];
+    const b = rows[i];
+    const da = a.bounce - a.iommu;
+    const db = b.bounce - b.iommu;
+    if (Math.sign(da) !== Math.sign(db)) {
+      const f = Math.abs(da) / (Math.abs(da) + Math.abs(db));
+      breakeven = Math.round(2 ** (Math.log2(a.size) + f * (Math.log2(b.size) - Math.log2(a.size))));
+      cheaperBelow = da < 0 ? 'bounce' : 'IOMMU';
       break;
     }
   }
+  const where = breakeven < 0 ? `NO crossing from 64 B to 256 KiB: ${cheaperBelow} cheaper throughout` : `${cheaperBelow} cheaper below it`;
   figures.push({
     id: 'bounce-breakeven-bytes',
-    // No crossing in range: bouncing is cheaper throughout; the top of the range is reported, and the note says so.
+    // Without a crossing the top of the range is reported, and the note says so.
     value: breakeven < 0 ? sizes[sizes.length - 1] : breakeven,
     unit: 'B',
     goal: { op: '>=', value: 0 },
-    note: `reported (no goal)${breakeven < 0 ? '; NO crossing up to 256 KiB, bouncing cheaper throughout' : ''}: to-device map+unmap, bounce vs strict IOMMU, ns: ${rows.map((r) => `${fmtSize(r.size)} ${r.bounce.toFixed(0)}/${r.iommu.toFixed(0)}`).join(', ')}`,
+    note: `reported (no goal); ${where}; to-device map+unmap, bounce/strict IOMMU ns: ${rows.map((r) => `${fmtSize(r.size)} ${r.bounce.toFixed(0)}/${r.iommu.toFixed(0)}`).join(', ')}`,
   });
   return figures;
 }
