@@ -729,9 +729,12 @@ interface SearchRequest {
 function lowestRam(ram: GuestRam, bytes: number, limit: number): RamBuffer {
   for (const r of [...ram.regions].sort((x, y) => x.base - y.base)) {
     const below = Math.min(limit, r.base + r.size);
-    if (below - r.base < bytes) continue;
+    // Never page 0 (x86 keeps low memory for firmware): so no bounced mapping gets DMA address 0,
+    // as no IOVA does either.
+    const above = Math.max(r.base, 4096);
+    if (below - above < bytes) continue;
     try {
-      return ram.alloc(bytes, { above: r.base, below });
+      return ram.alloc(bytes, { above, below });
     } catch (e) {
       if (!(e instanceof DmaError) || e.code !== 'ENOMEM') throw e;
     }
