@@ -5,8 +5,8 @@
  * Layout (Int32 words, BLOCK per domain, domain n at n * BLOCK):
  *   [0] gen    strict invalidations completed-by-publisher; moves after its entry is published
  *   [1] tail   queue entries ever reserved (writers reserve with Atomics.add)
- *   [2] strict number of strict (synchronous) invalidations
- *   [3] lazy   number of lazy (deferred) invalidation entries
+ *   [2] [3]   unused (the counts are derived: strict = gen, lazy = tail - gen, so an unmap
+ *              pays no extra atomic for statistics)
  *   [4 + 4k]   entry k of a RING-entry ring: seq, pageLo, pageHi, npages | flags
  *              seq = sequence + 1 once published; npages 0 = every page; bit 30 = lazy
  * Writers: unmappers (driver side, any thread). Readers: devices, once per transfer.
@@ -33,8 +33,6 @@ const HEADER = 4;
 const BLOCK = HEADER + INVALIDATION_RING * 4;
 const GEN = 0;
 const TAIL = 1;
-const STRICT = 2;
-const LAZY = 3;
 const LAZY_FLAG = 1 << 30;
 const NPAGES_MASK = LAZY_FLAG - 1;
 
@@ -77,11 +75,7 @@ export class Invalidation {
     w[e + 3] = (npages > NPAGES_MASK ? 0 : npages) | (lazy ? LAZY_FLAG : 0);
     // ORDERING: publishes the fields above to a device's seq load.
     Atomics.store(w, e, (k + 1) | 0);
-    if (lazy) {
-      Atomics.add(w, b + LAZY, 1);
-      return -1;
-    }
-    Atomics.add(w, b + STRICT, 1);
+    if (lazy) return -1;
     // ORDERING: the generation moves after the entry is published, so a device that loads the
     // new generation also sees the entry when it loads tail afterwards.
     return (Atomics.add(w, b + GEN, 1) + 1) & 0x3fffffff;
@@ -89,7 +83,10 @@ export class Invalidation {
 
   counts(domain: number): { strict: number; lazy: number } {
     const b = domain * BLOCK;
-    return { strict: Atomics.load(this.words, b + STRICT), lazy: Atomics.load(this.words, b + LAZY) };
+    // Every published entry moved tail once; every strict one moved gen once (both only grow).
+    const gen = Atomics.load(this.words, b + GEN) >>> 0;
+    const tail = Atomics.load(this.words, b + TAIL) >>> 0;
+    return { strict: gen, lazy: Math.max(0, tail - gen) };
   }
 
   // ---- device side --------------------------------------------------------------------------
