@@ -28,6 +28,28 @@ function expectNoLeak(m: Machine, devs: Device[]): void {
   }
 }
 
+/**
+ * Each device's driver thread maps a source and a destination per round and hands the transfer
+ * over a mailbox; the main thread (which owns the devices' queues) DMAs it and completes it.
+ */
+async function handoffRounds(m: Machine, devs: Device[], rounds: number, sizes: number[], seed: number) {
+  const pool = new DriverPool({ threads: devs.length });
+  pools.push(pool);
+  const box = HandoffMailbox.create(devs.length);
+  const driver = m.driverHandle();
+  const drivers = devs.map((d, slot) => pool.run('handoff', { driver, bdf: d.bdf, mailbox: box.handle, slot, rounds, sizes, seed: seed + slot, above: 4 * GiB }));
+  const served = devs.map(async (d, slot) => {
+    let n = 0;
+    for (let req = await box.take(slot); req; req = await box.take(slot)) {
+      const c = await d.submit(req.src, req.dst, req.len, 0);
+      box.complete(slot, c.status === 'ok' ? 0 : 1);
+      n++;
+    }
+    return n;
+  });
+  return { results: await Promise.all(drivers), served: await Promise.all(served) };
+}
+
 describe('driver threads (piscina)', () => {
   it('runs dma_map_benchmark on 2 threads against one domain and returns per-thread latency and throughput', async () => {
     const m = await machine({});
@@ -51,26 +73,9 @@ describe('driver threads (piscina)', () => {
     it(`keeps every transfer intact while 2 driver threads map and unmap and 2 devices DMA (${mode})`, async () => {
       const m = await machine(mode === 'iommu' ? {} : { iommu: { enabled: false } });
       const devs = [await m.addDevice({ bdf: '00:03.0', dmaMask: 32 }), await m.addDevice({ bdf: '00:04.0', dmaMask: 32 })];
-      const pool = new DriverPool({ threads: 2 });
-      pools.push(pool);
-      const box = HandoffMailbox.create(2);
-      const driver = m.driverHandle();
       const rounds = 120;
-      const drivers = devs.map((d, slot) =>
-        pool.run('handoff', { driver, bdf: d.bdf, mailbox: box.handle, slot, rounds, sizes: [4096, 512, 16384, 3000, 65536], seed: slot + 7, above: 4 * GiB }),
-      );
-      // The device side: each device takes its driver's transfers and DMAs them.
-      const served = devs.map(async (d, slot) => {
-        let n = 0;
-        for (let req = await box.take(slot); req; req = await box.take(slot)) {
-          const c = await d.submit(req.src, req.dst, req.len, 0);
-          box.complete(slot, c.status === 'ok' ? 0 : 1);
-          n++;
-        }
-        return n;
-      });
-      const results = await Promise.all(drivers);
-      expect(await Promise.all(served)).toEqual([rounds, rounds]);
+      const { results, served } = await handoffRounds(m, devs, rounds, [4096, 512, 16384, 3000, 65536], 7);
+      expect(served).toEqual([rounds, rounds]);
       for (const r of results) expect(r).toMatchObject({ rounds, mismatches: 0, failed: 0 });
       expect(m.iommu.faults()).toEqual([]);
       if (mode === 'bounce') expect(m.stats().bouncedBytes).toBeGreaterThan(0);
@@ -93,25 +98,9 @@ describe('driver threads (piscina)', () => {
       const m = await machine({ topology: sharedGroup, iommu: { invalidation } });
       const devs = [await m.addDevice({ bdf: '01:00.0', dmaMask: 32 }), await m.addDevice({ bdf: '01:00.1', dmaMask: 32 })];
       expect(m.iommu.domainOf(devs[0])!.id).toBe(m.iommu.domainOf(devs[1])!.id); // one IOVA allocator, one page table
-      const pool = new DriverPool({ threads: 2 });
-      pools.push(pool);
-      const box = HandoffMailbox.create(2);
-      const driver = m.driverHandle();
       const rounds = 150;
-      const drivers = devs.map((d, slot) =>
-        pool.run('handoff', { driver, bdf: d.bdf, mailbox: box.handle, slot, rounds, sizes: [4096, 100, 8192, 40000, 131072], seed: slot + 11, above: 4 * GiB }),
-      );
-      const served = devs.map(async (d, slot) => {
-        let n = 0;
-        for (let req = await box.take(slot); req; req = await box.take(slot)) {
-          const c = await d.submit(req.src, req.dst, req.len, 0);
-          box.complete(slot, c.status === 'ok' ? 0 : 1);
-          n++;
-        }
-        return n;
-      });
-      const results = await Promise.all(drivers);
-      expect(await Promise.all(served)).toEqual([rounds, rounds]);
+      const { results, served } = await handoffRounds(m, devs, rounds, [4096, 100, 8192, 40000, 131072], 11);
+      expect(served).toEqual([rounds, rounds]);
       for (const r of results) expect(r).toMatchObject({ rounds, mismatches: 0, failed: 0 });
       expect(m.iommu.faults()).toEqual([]);
       m.iommu.flush();
