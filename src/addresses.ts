@@ -22,6 +22,12 @@ export const PAGE_SHIFT = 12;
 export const PAGE_SIZE = 4096;
 export const PAGE_MASK = PAGE_SIZE - 1;
 
+/** Whether n is 2^k - 1 for some k ≥ 0 (a low-bit mask, like Linux's DMA masks and alignment masks); any safe integer. */
+export function isBitMask(n: number): boolean {
+  if (n >= 0 && n <= 0x7fffffff && (n | 0) === n) return (n & (n + 1)) === 0;
+  return Number.isSafeInteger(n) && n >= 0 && 2 ** Math.round(Math.log2(n + 1)) === n + 1;
+}
+
 export const isPageAligned = (n: number): boolean => n % PAGE_SIZE === 0;
 export const pageDown = (n: number): number => n - (n % PAGE_SIZE);
 export const pageUp = (n: number): number => pageDown(n + PAGE_MASK);

@@ -3,6 +3,7 @@
  */
 import { z } from 'zod';
 import { DmaError } from './errors.js';
+import { isBitMask } from './addresses.js';
 import { DEFAULT_RAM } from './memory/guest-ram.js';
 import { MODEL_NAMES } from './device/device-model.js';
 
@@ -82,7 +83,7 @@ export const deviceConfigSchema = z
       .int()
       .min(4095)
       .max(2 ** 48 - 1)
-      .refine((n) => 2 ** Math.round(Math.log2(n + 1)) === n + 1, { message: 'must be 2^n - 1' })
+      .refine(isBitMask, { message: 'must be 2^n - 1' })
       .default(0xffffffff),
     /** dma_set_min_align_mask: low bits a bounce buffer keeps (NVMe: 4095). */
     minAlignMask: z
@@ -90,7 +91,7 @@ export const deviceConfigSchema = z
       .int()
       .min(0)
       .max(0xffff)
-      .refine((n) => ((n + 1) & n) === 0, { message: 'must be 2^n - 1' })
+      .refine(isBitMask, { message: 'must be 2^n - 1' })
       .default(0),
   })
   .strict();

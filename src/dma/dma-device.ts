@@ -6,7 +6,6 @@
  * `DmaDeviceInfo` is plain data (structured-cloneable), so a driver thread can rebuild the same
  * device description from it; `DmaDevice` adds the live domain lookup.
  */
-import { DmaError, hex } from '../errors.js';
 import type { Domain } from '../iommu/domain.js';
 
 export interface DmaDeviceInfo {
@@ -42,29 +41,11 @@ export function dmaDeviceInfo(dev: DmaDeviceInfo): DmaDeviceInfo {
 
 /** The first address the device cannot drive: 2^dmaMaskBits (exact up to 2^53; larger masks reach all RAM). */
 export function dmaLimit(dev: DmaDeviceInfo): number {
-  return LIMITS[dev.dmaMaskBits] ?? Number.MAX_SAFE_INTEGER;
+  return dmaLimitOfBits(dev.dmaMaskBits);
+}
+
+/** 2^bits, from a table (this is on every map); masks of 53 bits and more reach every safe address. */
+export function dmaLimitOfBits(bits: number): number {
+  return LIMITS[bits] ?? Number.MAX_SAFE_INTEGER;
 }
 const LIMITS = Array.from({ length: 65 }, (_, b) => (b >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** b));
-
-/** Validates the DMA parameters of a device description (machine config or a driver thread's input). */
-export function checkDmaParams(dev: DmaDeviceInfo): void {
-  const where = `device ${dev.bdf}`;
-  if (!Number.isInteger(dev.dmaMaskBits) || dev.dmaMaskBits < 12 || dev.dmaMaskBits > 64) {
-    throw new DmaError('EINVAL', `${where}: DMA mask of ${String(dev.dmaMaskBits)} bits must be an integer in [12, 64]`);
-  }
-  if (!Number.isSafeInteger(dev.maxSegmentSize) || dev.maxSegmentSize < 4096) {
-    throw new DmaError('EINVAL', `${where}: max segment size ${String(dev.maxSegmentSize)} must be an integer ≥ 4096`);
-  }
-  const b = dev.segmentBoundaryMask;
-  if (!Number.isSafeInteger(b) || b < 4095 || !isPow2(b + 1)) {
-    throw new DmaError('EINVAL', `${where}: segment boundary mask ${hex(Number(b))} must be 2^n - 1 with n ≥ 12`);
-  }
-  const a = dev.minAlignMask;
-  if (!Number.isSafeInteger(a) || a < 0 || !isPow2(a + 1) || a > 0xffff) {
-    throw new DmaError('EINVAL', `${where}: min align mask ${hex(Number(a))} must be 2^n - 1 and at most 0xffff`);
-  }
-}
-
-function isPow2(n: number): boolean {
-  return n > 0 && Number.isSafeInteger(n) && 2 ** Math.round(Math.log2(n)) === n;
-}

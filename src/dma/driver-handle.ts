@@ -5,6 +5,7 @@
  */
 import type { DomainHandle } from '../iommu/domain.js';
 import { DmaError } from '../errors.js';
+import { normalizeBdf } from '../pci/bdf.js';
 import { DmaApi, type DmaApiHandle } from './dma-api.js';
 import type { DmaDevice, DmaDeviceInfo } from './dma-device.js';
 
@@ -28,7 +29,7 @@ export function attachDriver(h: DriverHandle): AttachedDriver {
   return {
     dma,
     device(bdf: string): DmaDevice {
-      const dev = devices.get(bdf) ?? devices.get(`0000:${bdf}`);
+      const dev = devices.get(normalizeBdf(bdf) ?? bdf);
       if (!dev) throw new DmaError('ENODEV', `driver: no device ${bdf} on this machine (it has ${[...devices.keys()].join(', ') || 'none'})`);
       return dev;
     },

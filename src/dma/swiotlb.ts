@@ -76,7 +76,9 @@
  */
 import { threadId } from 'node:worker_threads';
 import { DmaError, hex } from '../errors.js';
-import { type Pa, GiB, PAGE_SIZE } from '../addresses.js';
+import { type Pa, GiB, PAGE_SIZE, isBitMask } from '../addresses.js';
+import { dmaLimitOfBits } from './dma-device.js';
+import { parseBdf, formatBdf, pciDevId, devfnOf, slotOfDevfn, fnOfDevfn } from '../pci/bdf.js';
 import type { GuestRam, RamBuffer } from '../memory/guest-ram.js';
 import { FutexMutex } from '../shared/futex-mutex.js';
 
@@ -314,7 +316,7 @@ export class Swiotlb {
     if (!Number.isSafeInteger(len) || len <= 0 || len > SWIOTLB_MAX_MAPPING) {
       throw new DmaError('EINVAL', `swiotlb: map of ${String(len)} bytes at PA ${hex(pa)} for ${who}: a bounce mapping is 1 to ${SWIOTLB_MAX_MAPPING} bytes (128 slots of 2 KiB)`);
     }
-    if (!isMask(allocAlignMask) || allocAlignMask >= 2 ** 30) {
+    if (!isBitMask(allocAlignMask) || allocAlignMask >= 2 ** 30) {
       throw new DmaError('EINVAL', `swiotlb: map for ${who}: alloc align mask ${String(allocAlignMask)} must be 2^n - 1`);
     }
     if (!this.ram.isRam(pa, len)) {
@@ -334,7 +336,7 @@ export class Swiotlb {
         `swiotlb: map of ${len} bytes at PA ${hex(pa)} for ${who}: needs ${nslots} slots with its alignment (min align mask ${hex(minAlign)}, alloc align mask ${hex(allocAlignMask)}), more than the ${IO_TLB_SEGSIZE} of a segment (max mapping size for this device: ${this.maxMappingSize(dev)} bytes)`,
       );
     }
-    const limit = dmaLimit(dev.dmaMaskBits);
+    const limit = dmaLimitOfBits(dev.dmaMaskBits);
     if (this.start + nslots * IO_TLB_SIZE > limit) {
       throw new DmaError('ERANGE', `swiotlb: map for ${who}: the bounce pool [${hex(this.start)}, ${hex(this.end)}) is beyond its ${dev.dmaMaskBits}-bit DMA mask`);
     }
@@ -751,9 +753,9 @@ function checkDevice(dev: SwiotlbDevice): string {
     throw new DmaError('EINVAL', `swiotlb: ${who}: DMA mask of ${String(dev.dmaMaskBits)} bits must be an integer in [1, 64]`);
   }
   const m = dev.minAlignMask ?? 0;
-  if (!isMask(m) || m > 0xffff) throw new DmaError('EINVAL', `swiotlb: ${who}: min align mask ${String(m)} must be 2^n - 1 and at most 0xffff`);
+  if (!isBitMask(m) || m > 0xffff) throw new DmaError('EINVAL', `swiotlb: ${who}: min align mask ${String(m)} must be 2^n - 1 and at most 0xffff`);
   const b = dev.segmentBoundaryMask;
-  if (b !== undefined && !(typeof b === 'number' && b >= Number.MAX_SAFE_INTEGER) && (!isMask(b) || b === 0)) {
+  if (b !== undefined && !(typeof b === 'number' && b >= Number.MAX_SAFE_INTEGER) && (!isBitMask(b) || b === 0)) {
     throw new DmaError('EINVAL', `swiotlb: ${who}: segment boundary mask ${String(b)} must be 2^n - 1`);
   }
   return who;
@@ -764,22 +766,10 @@ function checkDir(dir: BounceDirection, who: string): void {
 }
 
 /** 2^bits, the first address the mask cannot express (exact up to 2^53). */
-function dmaLimit(bits: number): number {
-  return LIMITS[bits] ?? (bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits);
-}
-const LIMITS = Array.from({ length: 65 }, (_, b) => (b >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** b));
-
 /** iommu_is_span_boundary on addresses: [addr, addr + len) crosses a multiple of `boundary`. */
 function crossesBoundary(addr: number, len: number, boundary: number): boolean {
   if (boundary === 0 || boundary >= Number.MAX_SAFE_INTEGER) return false;
   return Math.floor(addr / boundary) !== Math.floor((addr + len - 1) / boundary);
-}
-
-/** 2^n - 1 for some n ≥ 0 (any safe integer, so 0xffffffff and wider masks too). */
-function isMask(m: number): boolean {
-  // Small masks (the usual min_align_mask values) with integer bit tricks; wide ones with floats.
-  if (m >= 0 && m <= 0x7fffffff && (m | 0) === m) return (m & (m + 1)) === 0;
-  return Number.isSafeInteger(m) && m >= 0 && 2 ** Math.round(Math.log2(m + 1)) === m + 1;
 }
 
 function alignUp(n: number, a: number): number {
@@ -803,15 +793,11 @@ function requesterKey(bdf: string): number {
 }
 
 function parseRequesterKey(bdf: string): number {
-  const m = /^(?:([0-9a-f]{1,4}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$/i.exec(bdf);
-  if (!m) return -1;
-  const dev = parseInt(m[3], 16);
-  if (dev > 31) return -1;
-  return parseInt(m[1] ?? '0', 16) * 65536 + (parseInt(m[2], 16) << 8) + (dev << 3) + parseInt(m[4], 10);
+  const b = parseBdf(bdf);
+  return b ? b.domain * 65536 + pciDevId(b.bus, devfnOf(b.slot, b.fn)) : -1;
 }
 
 function formatKey(k: number): string {
   const rid = k % 65536;
-  const h = (n: number, w: number) => n.toString(16).padStart(w, '0');
-  return `${h(Math.floor(k / 65536), 4)}:${h(rid >> 8, 2)}:${h((rid >> 3) & 31, 2)}.${rid & 7}`;
+  return formatBdf({ domain: Math.floor(k / 65536), bus: rid >> 8, slot: slotOfDevfn(rid & 0xff), fn: fnOfDevfn(rid & 0xff) });
 }
