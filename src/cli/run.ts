@@ -10,6 +10,7 @@ import { GiB } from '../addresses.js';
 import type { Device } from '../device/device.js';
 import type { InvalidationMode } from '../dma/dma-api.js';
 import { DmaError } from '../errors.js';
+import { summarize, type LatencySummary } from '../dma/latency.js';
 import type { AllocOptions } from '../memory/frame-allocator.js';
 
 export interface RunOptions {
@@ -58,6 +59,8 @@ export const DEFAULT_RUN: RunOptions = { transfers: 2000, mode: 'strict', verify
 const SIZES = [512, 4096, 16384, 65536, 262144];
 const MAX = SIZES[SIZES.length - 1];
 
+const pick = (l: LatencySummary): { p50: number; p99: number } => ({ p50: l.p50, p99: l.p99 });
+
 function rng(seed: number): () => number {
   let x = seed >>> 0 || 1;
   return () => {
@@ -68,11 +71,6 @@ function rng(seed: number): () => number {
     x >>>= 0;
     return x / 2 ** 32;
   };
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
 export async function runDefaultScenario(opts: RunOptions, progress?: (done: number, total: number) => void): Promise<RunSummary> {
@@ -120,8 +118,8 @@ export async function runDefaultScenario(opts: RunOptions, progress?: (done: num
         transfers: r.transfers,
         bytes: r.bytes,
         gbps: r.bytes / seconds / 1e9,
-        mapUs: { p50: percentile(r.map, 50), p99: percentile(r.map, 99) },
-        unmapUs: { p50: percentile(r.unmap, 50), p99: percentile(r.unmap, 99) },
+        mapUs: pick(summarize(r.map)),
+        unmapUs: pick(summarize(r.unmap)),
         iotlbHitRate: lookups > 0 ? c.iotlbHits / lookups : 0,
         faults: c.faults,
         staleAccesses: c.staleAccesses,
@@ -184,8 +182,6 @@ async function runLane(m: Machine, dev: Device, where: AllocOptions, opts: RunOp
     }
   };
   await Promise.all(slots.map(worker));
-  out.map.sort((a, b) => a - b);
-  out.unmap.sort((a, b) => a - b);
   for (const s of slots) {
     m.ram.free(s.src);
     m.ram.free(s.dst);
