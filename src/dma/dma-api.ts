@@ -15,14 +15,14 @@
  * direction) are DMA-API debugging's job, opt-in as CONFIG_DMA_API_DEBUG (dma-debug.ts).
  */
 import { DmaError, hex } from '../errors.js';
-import { type DmaAddr, type Iova, type Pa, PAGE_SIZE, dmaAddr, pageUp } from '../addresses.js';
+import { type DmaAddr, type Pa, PAGE_SIZE, dmaAddr, pageUp } from '../addresses.js';
 import { GuestRam, type GuestRamHandle } from '../memory/guest-ram.js';
 import { Iommu } from '../iommu/iommu.js';
 import type { IommuHandle } from '../iommu/iommu-handle.js';
 import { Domain, type DomainHandle } from '../iommu/domain.js';
 import { DMA_DIRECTIONS, type DmaDirection } from './direction.js';
 import { type DmaDevice, type DmaDeviceInfo, dmaLimit } from './dma-device.js';
-import { iommuMapRange, iommuMapSg, iommuCheckRange, iommuClear, iommuRelease, iovaRange, LazyFlusher, type InvalidationMode } from './dma-iommu.js';
+import { iommuMapRange, iommuMapSg, iommuCheckRange, iommuClear, iommuRelease, iommuUnmapRange, iovaRange, LazyFlusher, type InvalidationMode } from './dma-iommu.js';
 import { directMap, directUnmap, directSync } from './dma-direct.js';
 import { mergeDirectSg, type DmaSgTable, type MappedSgEntry, type SgEntry } from './scatterlist.js';
 import { DmaCounters, DMA_COUNTER as C, type DmaCountersHandle, type DmaCounterValues } from './dma-counters.js';
@@ -206,11 +206,7 @@ export class DmaApi {
     const { addr, len, dir } = this.checkMapping(dev, m, 'unmapSingle');
     this.debug?.unmap(dev, 'single', addr, len, dir);
     if (m.domainId >= 0) {
-      const domain = this.domainOf(dev, m.domainId, addr);
-      const { page, npages } = iovaRange(addr, len);
-      iommuCheckRange(domain, page, npages, dev.bdf);
-      iommuClear(domain, page, npages, this.mode, dev.bdf);
-      iommuRelease(domain, page, npages, this.mode, this.flusher, dev.bdf);
+      iommuUnmapRange(this.domainOf(dev, m.domainId, addr), addr, len, this.mode, this.flusher, dev.bdf);
     } else {
       directUnmap(this.swiotlb, dev, addr, len, dir);
     }
@@ -350,14 +346,7 @@ export class DmaApi {
       throw new DmaError('EINVAL', `dma: freeCoherent of ${hex(c.addr)} for device ${dev.bdf}: without translation its CPU address must be ${hex(c.addr)}, not ${hex(c.cpuAddr)}`);
     }
     if (c.domainId >= 0) {
-      const domain = this.domainOf(dev, c.domainId, c.addr);
-      const { page, npages } = iovaRange(c.addr, c.size);
-      iommuCheckRange(domain, page, npages, dev.bdf);
-      if (domain.iovaToPhys(c.addr as number as Iova) !== c.cpuAddr) {
-        throw new DmaError('EINVAL', `dma: freeCoherent of ${hex(c.addr)} for device ${dev.bdf}: its CPU address ${hex(c.cpuAddr)} is not the memory mapped there`);
-      }
-      iommuClear(domain, page, npages, this.mode, dev.bdf);
-      iommuRelease(domain, page, npages, this.mode, this.flusher, dev.bdf);
+      iommuUnmapRange(this.domainOf(dev, c.domainId, c.addr), c.addr, c.size, this.mode, this.flusher, dev.bdf, c.cpuAddr);
     }
     this.ram.free({ pa: c.cpuAddr, size: c.size });
     this.counters.add(C.coherentFrees);

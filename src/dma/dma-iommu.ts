@@ -10,6 +10,7 @@
 import { DmaError, hex } from '../errors.js';
 import { type Iova, type Pa, PAGE_SIZE, dmaAddr, type DmaAddr } from '../addresses.js';
 import type { Domain } from '../iommu/domain.js';
+import { iovaAllocationPages } from '../iommu/iova.js';
 import { protOf, type DmaDirection } from './direction.js';
 import { type DmaDeviceInfo, dmaLimit } from './dma-device.js';
 import { layoutIommuSg, finaliseIommuSg, type SgEntry, type DmaSegment } from './scatterlist.js';
@@ -102,7 +103,7 @@ export function iommuCheckRange(domain: Domain, page: number, npages: number, wh
       { cause: e },
     );
   }
-  const block = npages <= 32 ? 2 ** Math.ceil(Math.log2(npages)) : npages;
+  const block = iovaAllocationPages(npages);
   if (npages < block && domain.iovaToPhys(((page + npages) * PAGE_SIZE) as Iova) !== null) {
     throw new DmaError(
       'EINVAL',
@@ -137,6 +138,28 @@ export function iommuClear(domain: Domain, page: number, npages: number, mode: I
 export function iommuRelease(domain: Domain, page: number, npages: number, mode: InvalidationMode, flusher: LazyFlusher, who: string): void {
   if (mode === 'strict') domain.iova.free(page, npages, who);
   else flusher.queue(domain, page, npages);
+}
+
+/**
+ * Unmaps one contiguous mapping [addr, addr + len) — a mapSingle or a coherent allocation —
+ * all or nothing: checked (and, with `cpuAddr`, checked to map that memory), cleared, given back.
+ */
+export function iommuUnmapRange(
+  domain: Domain,
+  addr: number,
+  len: number,
+  mode: InvalidationMode,
+  flusher: LazyFlusher,
+  who: string,
+  cpuAddr?: number,
+): void {
+  const { page, npages } = iovaRange(addr, len);
+  iommuCheckRange(domain, page, npages, who);
+  if (cpuAddr !== undefined && domain.iovaToPhys(addr as Iova) !== cpuAddr) {
+    throw new DmaError('EINVAL', `dma: free of IOVA ${hex(addr)} for device ${who} in ${domain.name}: its CPU address ${hex(cpuAddr)} is not the memory mapped there`);
+  }
+  iommuClear(domain, page, npages, mode, who);
+  iommuRelease(domain, page, npages, mode, flusher, who);
 }
 
 /**

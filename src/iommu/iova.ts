@@ -125,6 +125,11 @@ export const IOVA_RCACHE_ORDERS = 6;
 /** Largest range, in pages, kept in the range caches (128 KiB). */
 export const IOVA_RCACHE_MAX_PAGES = 1 << (IOVA_RCACHE_ORDERS - 1);
 
+/** Pages an allocation of `npages` reserves: below 32 pages rounded up to a power of two (alloc_iova_fast), else exact. */
+export function iovaAllocationPages(npages: number): number {
+  return npages <= IOVA_RCACHE_MAX_PAGES ? 1 << (32 - Math.clz32(npages - 1)) : npages;
+}
+
 // Header words.
 const LOCK = 0;
 const SPACE_COUNT = 1;
