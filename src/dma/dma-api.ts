@@ -395,11 +395,9 @@ export class DmaApi {
     const op = forCpu ? 'syncForCpu' : 'syncForDevice';
     this.checkOpen(op, dev);
     const ranges: Array<{ addr: DmaAddr; len: number; dir: DmaDirection; domainId: number }> = [];
+    // A bare DMA address: -1 (untranslated) when nothing translates for the device, else -2 (translated).
     if (typeof target === 'number') {
-      if (!Number.isSafeInteger(len) || (len as number) <= 0 || !DMA_DIRECTIONS.includes(dir as DmaDirection)) {
-        throw new DmaError('EINVAL', `dma: ${op} of ${hex(target)} for device ${dev.bdf}: give a positive length and a direction`);
-      }
-      ranges.push({ addr: target, len: len as number, dir: dir as DmaDirection, domainId: -2 });
+      ranges.push({ addr: target, len: len as number, dir: dir as DmaDirection, domainId: this.translatingDomain(dev) ? -2 : -1 });
     } else if (target && typeof target === 'object' && 'entries' in target && Array.isArray(target.entries)) {
       for (const e of target.entries) ranges.push({ addr: e.addr, len: e.len, dir: dir ?? target.dir, domainId: target.domainId });
     } else {
@@ -414,7 +412,7 @@ export class DmaApi {
     for (const r of ranges) {
       this.debug?.sync(dev, r.addr, r.len, r.dir, forCpu);
       // Translated memory is coherent: nothing to copy. Untranslated: bounced slots copy.
-      if (r.domainId === -1 || (r.domainId === -2 && !this.translatingDomain(dev))) directSync(this.swiotlb, dev, r.addr, r.len, r.dir, forCpu);
+      if (r.domainId === -1) directSync(this.swiotlb, dev, r.addr, r.len, r.dir, forCpu);
     }
     this.counters.add(C.syncs);
   }
