@@ -2,7 +2,7 @@
  * The DMA API's trace hooks: what one driver thread records in its trace ring (trace-ring.ts)
  * around map, unmap, sync and coherent calls — a slice per call on the thread's track, an
  * instant per bounced mapping, and a counter sample (bounce slots in use, mapped pages) after
- * every call that changes them. DmaApi holds one DmaTrace, or null when tracing is off; then
+ * every call that changes them, all at the clock reads of the slice (two per call). DmaApi holds one DmaTrace, or null when tracing is off; then
  * its only cost is that null check. Only calls that succeed are recorded.
  */
 import type { DmaAddr, Pa } from '../addresses.js';
@@ -40,14 +40,13 @@ export class DmaTrace {
 
   mapSingle(t0: number, requesterId: number, addr: DmaAddr, pa: Pa, len: number, dir: DmaDirection, bounced: boolean): void {
     const w = this.writer;
-    w.slice(TRACE_KIND.mapSingle, t0, addr, pa, len, packMapInfo(requesterId, dir, bounced));
-    if (bounced) w.instant(TRACE_KIND.bounce, addr, pa, len, packMapInfo(requesterId, dir, true));
-    this.sample(pagesOf(addr, len));
+    const t1 = w.slice(TRACE_KIND.mapSingle, t0, addr, pa, len, packMapInfo(requesterId, dir, bounced));
+    if (bounced) w.put(TRACE_KIND.bounce, t1, 0, addr, pa, len, packMapInfo(requesterId, dir, true));
+    this.sample(t1, pagesOf(addr, len));
   }
 
   unmapSingle(t0: number, requesterId: number, addr: DmaAddr, len: number, dir: DmaDirection, bounced: boolean): void {
-    this.writer.slice(TRACE_KIND.unmapSingle, t0, addr, 0, len, packMapInfo(requesterId, dir, bounced));
-    this.sample(-pagesOf(addr, len));
+    this.sample(this.writer.slice(TRACE_KIND.unmapSingle, t0, addr, 0, len, packMapInfo(requesterId, dir, bounced)), -pagesOf(addr, len));
   }
 
   mapSg(t0: number, requesterId: number, sg: DmaSgTable): void {
@@ -60,11 +59,11 @@ export class DmaTrace {
       pages += pagesOf(e.addr, e.len);
     }
     const segs = sg.segments;
-    w.slice(TRACE_KIND.mapSg, t0, segs[0]?.addr ?? 0, segs.length, total, packMapInfo(requesterId, sg.dir, bounced));
+    const t1 = w.slice(TRACE_KIND.mapSg, t0, segs[0]?.addr ?? 0, segs.length, total, packMapInfo(requesterId, sg.dir, bounced));
     // The segments follow the slice at its start time: what the device is told to use.
     for (const s of segs) w.put(TRACE_KIND.sgSegment, t0, 0, s.addr, 0, s.len, 0);
-    if (bounced) w.instant(TRACE_KIND.bounce, segs[0]?.addr ?? 0, sg.entries[0]?.pa ?? 0, total, packMapInfo(requesterId, sg.dir, true));
-    this.sample(pages);
+    if (bounced) w.put(TRACE_KIND.bounce, t1, 0, segs[0]?.addr ?? 0, sg.entries[0]?.pa ?? 0, total, packMapInfo(requesterId, sg.dir, true));
+    this.sample(t1, pages);
   }
 
   unmapSg(t0: number, requesterId: number, sg: DmaSgTable): void {
@@ -74,8 +73,8 @@ export class DmaTrace {
       total += e.len;
       pages += pagesOf(e.addr, e.len);
     }
-    this.writer.slice(TRACE_KIND.unmapSg, t0, sg.segments[0]?.addr ?? 0, sg.segments.length, total, packMapInfo(requesterId, sg.dir, sg.entries.some((e) => e.bounced)));
-    this.sample(-pages);
+    const t1 = this.writer.slice(TRACE_KIND.unmapSg, t0, sg.segments[0]?.addr ?? 0, sg.segments.length, total, packMapInfo(requesterId, sg.dir, sg.entries.some((e) => e.bounced)));
+    this.sample(t1, -pages);
   }
 
   sync(t0: number, forCpu: boolean, requesterId: number, addr: number, len: number): void {
@@ -83,11 +82,12 @@ export class DmaTrace {
   }
 
   coherent(t0: number, alloc: boolean, requesterId: number, addr: DmaAddr, cpuAddr: Pa, size: number): void {
-    this.writer.slice(alloc ? TRACE_KIND.allocCoherent : TRACE_KIND.freeCoherent, t0, addr, cpuAddr, size, packMapInfo(requesterId, 'bidirectional', false));
-    this.sample(alloc ? pagesOf(addr, size) : -pagesOf(addr, size));
+    const t1 = this.writer.slice(alloc ? TRACE_KIND.allocCoherent : TRACE_KIND.freeCoherent, t0, addr, cpuAddr, size, packMapInfo(requesterId, 'bidirectional', false));
+    this.sample(t1, alloc ? pagesOf(addr, size) : -pagesOf(addr, size));
   }
 
-  private sample(pageDelta: number): void {
-    this.writer.counters(this.swiotlb ? this.swiotlb.slotsInUse() : 0, pageDelta);
+  /** A counter sample at `ts` (the slice's end: no second clock read). */
+  private sample(ts: number, pageDelta: number): void {
+    this.writer.counters(ts, this.swiotlb ? this.swiotlb.slotsInUse() : 0, pageDelta);
   }
 }

@@ -304,9 +304,11 @@ export class TraceWriter {
     return this.offsetUs + performance.now() * 1000;
   }
 
-  /** A slice that began at `t0` (from now()) and ends now. */
-  slice(kind: number, t0: number, a: number, b: number, c: number, info: number): void {
-    this.put(kind, t0, this.now() - t0, a, b, c, info);
+  /** A slice that began at `t0` (from now()) and ends now; returns its end (one clock read for what follows). */
+  slice(kind: number, t0: number, a: number, b: number, c: number, info: number): number {
+    const t1 = this.now();
+    this.put(kind, t0, t1 - t0, a, b, c, info);
+    return t1;
   }
 
   /** An instant event now. */
@@ -314,11 +316,11 @@ export class TraceWriter {
     this.put(kind, this.now(), 0, a, b, c, info);
   }
 
-  /** Adds `pages` to the trace's mapped-page count and records a counter sample with it. */
-  counters(bounceSlots: number, pageDelta: number): void {
+  /** Adds `pageDelta` to the trace's mapped-page count and records a counter sample at `ts` with it. */
+  counters(ts: number, bounceSlots: number, pageDelta: number): void {
     // ORDERING: a shared counter; its value orders nothing else.
     const pages = Atomics.add(this.header, H_MAPPED_PAGES, pageDelta) + pageDelta;
-    this.put(TRACE_KIND.counters, this.now(), bounceSlots, 0, pages, 0, 0);
+    this.put(TRACE_KIND.counters, ts, bounceSlots, 0, pages, 0, 0);
   }
 
   /** Events this writer could not record (its ring was full). */
