@@ -40,6 +40,9 @@
  * ORDERING: the writer's HEAD store is a release of the event's plain stores; a reader's
  * Atomics.load of HEAD acquires them, so every slot below the HEAD it read is complete. STATE
  * publishes the descriptor words the same way.
+ * Rings are never given back: their events must outlive their thread (a CLI run exports after
+ * close()). A thread that attaches again (a piscina thread's next task) reuses its ring through
+ * a per-thread writer cache; a thread that finds no ring left records nothing and is counted.
  * Invariants: 0 ≤ HEAD ≤ CAPACITY; events of one ring are in the order their writer recorded
  * them, with non-decreasing ts for instants and slice ends (a slice is recorded when it ends).
  * Time: performance.timeOrigin + performance.now() is comparable across Node's threads (the
