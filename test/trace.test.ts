@@ -1,5 +1,5 @@
 import { describe, it, expect, afterEach } from 'vitest';
-import { Machine, GiB, MiB, DriverPool, mapBenchmark, dmaAddr, type MachineConfig, type ChromeTrace, type ChromeTraceEvent } from '../src/index.js';
+import { Machine, GiB, MiB, DriverPool, HandoffMailbox, mapBenchmark, dmaAddr, type MachineConfig, type ChromeTrace, type ChromeTraceEvent } from '../src/index.js';
 import { pattern } from './support.js';
 
 let machines: Machine[] = [];
@@ -205,6 +205,32 @@ describe('DMA timeline trace', () => {
     expect(eventsOn(t, track!, 'X', 'unmap_single')).toHaveLength(maps.length);
     // Every map of the run is on some driver track (the main thread mapped none).
     expect(t.traceEvents.filter((e) => e.ph === 'X' && e.name === 'map_single')).toHaveLength(stats.dma.maps);
+  });
+
+  it('links a map in a driver thread to the DMA on the device track with a flow (lazy IOMMU)', async () => {
+    const m = await machine({ iommu: { invalidation: 'lazy' }, trace: { enabled: true } });
+    const dev = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+    const pool = new DriverPool({ threads: 1 });
+    pools.push(pool);
+    const box = HandoffMailbox.create(1);
+    const rounds = 10;
+    const driver = pool.run('handoff', { driver: m.driverHandle(), bdf: dev.bdf, mailbox: box.handle, slot: 0, rounds, sizes: [4096, 8192], seed: 3, above: 4 * GiB });
+    for (let req = await box.take(0); req; req = await box.take(0)) {
+      const c = await dev.submit(req.src, req.dst, req.len, 0);
+      box.complete(0, c.status === 'ok' ? 0 : 1);
+    }
+    const res = await driver;
+    expect(res).toMatchObject({ rounds, mismatches: 0, failed: 0 });
+    const t = m.trace!.toChromeTrace();
+    expectValidTrace(t);
+    const thread = trackOf(t, `driver thread ${res.threadId}`)!;
+    expect(thread).toBeDefined();
+    const device = trackOf(t, `${dev.bdf} copy-engine`)!;
+    const starts = t.traceEvents.filter((e) => e.ph === 's');
+    const ends = t.traceEvents.filter((e) => e.ph === 'f');
+    expect(starts).toHaveLength(2 * rounds);
+    expect(starts.every((e) => e.pid === thread.pid && e.tid === thread.tid)).toBe(true);
+    expect(ends.every((e) => e.pid === device.pid && e.tid === device.tid)).toBe(true);
   });
 
   it('is off by default: no trace, no rings handed to driver threads', async () => {
