@@ -8,7 +8,7 @@ import { judge, machineInfo, formatFigures, type Figure, type FigureResult } fro
 
 const json = process.argv.includes('--json');
 const only = process.argv.find((a) => a.startsWith('--suite='))?.slice('--suite='.length);
-const suites: Record<string, () => Promise<Figure[]>> = { core: () => coreSuite(), dma: () => dmaSuite() };
+const suites: Record<string, () => Promise<Figure[]>> = { core: () => coreSuite(), dma: () => dmaSuite(), trace: async () => (await import('./trace.js')).traceSuite() };
 const figures: FigureResult[] = [];
 for (const [name, run] of Object.entries(suites)) if (!only || only === name) figures.push(...(await run()).map(judge));
 if (json) {

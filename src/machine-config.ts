@@ -62,6 +62,20 @@ export const machineConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * The DMA timeline trace (src/trace): per-thread event rings exported as Chrome Trace Event
+     * JSON. Off by default; off costs one null check per transfer and per DMA API call.
+     */
+    trace: z
+      .object({
+        enabled: z.boolean().default(false),
+        /** Events each thread's ring holds (48 B each); a full ring keeps its first events and counts the rest. */
+        eventsPerThread: z.number().int().min(1).max(1 << 24).default(16384),
+        /** Rings, i.e. threads that can record (devices, driver threads, the machine's own). */
+        threads: z.number().int().min(1).max(4096).default(64),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 

@@ -19,6 +19,8 @@ import { DmaDebug } from './dma/dma-debug.js';
 import { parseBdf, formatBdf } from './pci/bdf.js';
 import { MachinePci, type Placement } from './machine-topology.js';
 import { Vfio } from './vfio/index.js';
+import { TraceRings } from './trace/trace-ring.js';
+import { MachineTrace } from './trace/machine-trace.js';
 import {
   machineConfigSchema,
   deviceConfigSchema,
@@ -104,6 +106,8 @@ export class Machine {
   readonly dma: DmaApi;
   readonly iommu: MachineIommu;
   readonly config: ResolvedMachineConfig;
+  /** The DMA timeline trace (config `trace.enabled`); null when tracing is off. Readable after close(). */
+  readonly trace: MachineTrace | null;
   private readonly unit: Iommu;
   private readonly records = new Map<string, DeviceRecord>();
   /** Devices being started, by BDF (their address is taken). */
@@ -149,6 +153,8 @@ export class Machine {
     this.unit = Iommu.create({ enabled: cfg.iommu.enabled, tables: cfg.iommu.tables, faultRing: cfg.iommu.faultRing });
     // Linux allocates the default SWIOTLB pool early from low memory; so does the machine.
     const swiotlb = cfg.swiotlb.size > 0 ? Swiotlb.create(this.ram, { size: cfg.swiotlb.size, areas: cfg.swiotlb.areas }) : null;
+    const rings = cfg.trace.enabled ? TraceRings.create({ rings: cfg.trace.threads, eventsPerRing: cfg.trace.eventsPerThread }) : null;
+    this.trace = rings ? new MachineTrace(rings) : null;
     this.dma = DmaApi.create(this.ram, this.unit, {
       dmaOwner: (dev) => (this.vfioState && this.pciState?.dmaOwnedByVfio(dev.bdf) ? 'vfio-pci' : null),
       mode: cfg.iommu.invalidation,
@@ -156,6 +162,7 @@ export class Machine {
       swiotlb,
       forceBounce: cfg.swiotlb.force,
       debug: cfg.dmaDebug.enabled ? DmaDebug.create({ entries: cfg.dmaDebug.entries }) : null,
+      trace: rings,
     });
     const unit = this.unit;
     const dma = this.dma;
@@ -237,6 +244,7 @@ export class Machine {
         cq,
         p2p: placement.p2p,
         bars: placement.bars,
+        trace: this.trace?.rings.handle ?? null,
       });
       if (this.closing) {
         // close() began while the worker started: it waits for this add, which takes itself back.

@@ -27,6 +27,7 @@ import {
   STATE_RUNNING,
   STATE_STOPPED,
   STATE_FAILED,
+  STAT,
 } from '../src/device/device-control.js';
 import {
   SQE_SIZE,
@@ -38,6 +39,7 @@ import {
 } from '../src/device/rings.js';
 import type { DeviceModel, ModelName } from '../src/device/device-model.js';
 import { MODELS } from './models/index.js';
+import { TraceRings, TRACE_KIND, type TraceRingsHandle, type TraceWriter } from '../src/trace/trace-ring.js';
 
 export interface DeviceWorkerConfig {
   name: string;
@@ -48,6 +50,8 @@ export interface DeviceWorkerConfig {
   /** DMA addresses and depths of the rings, as the driver programmed them. */
   sq: { dma: number; depth: number };
   cq: { dma: number; depth: number };
+  /** The machine's trace rings (null: tracing off): the device claims its own ring at start. */
+  trace: TraceRingsHandle | null;
 }
 
 export interface DeviceWorkerApi {
@@ -75,6 +79,8 @@ class DeviceRunner {
   private sqDma: number;
   private cqDma: number;
   private ringGen: number;
+  /** This device's trace ring: a slice per descriptor (null: tracing off). */
+  private readonly trace: TraceWriter | null;
   error: string | null = null;
 
   constructor(readonly cfg: DeviceWorkerConfig) {
@@ -89,6 +95,8 @@ class DeviceRunner {
     this.ringGen = this.control.ringGen();
     this.sqHead = Atomics.load(this.ctl, SQ_HEAD);
     this.cqTail = Atomics.load(this.ctl, CQ_TAIL);
+    this.trace = cfg.trace ? TraceRings.attach(cfg.trace).claim('device', `${cfg.name} ${cfg.model}`, cfg.engine.requesterId) : null;
+    this.engine.trace = this.trace;
   }
 
   run(): void {
@@ -139,7 +147,7 @@ class DeviceRunner {
         // One descriptor at a time, checking STOP and CTRL between them.
         while (this.sqHead !== tail && Atomics.load(ctl, STOP) === 0 && Atomics.load(ctl, CTRL) === 0) {
           if (!this.waitForCompletionSpace()) return this.finish(STATE_STOPPED);
-          if (!this.step()) return this.finish(STATE_FAILED);
+          if (!(this.trace === null ? this.step() : this.tracedStep(this.trace))) return this.finish(STATE_FAILED);
         }
       }
     } catch (e) {
@@ -149,8 +157,15 @@ class DeviceRunner {
     }
   };
 
-  /** One descriptor: fetch by DMA, execute, complete by DMA. False if the device must stop. */
+  /** One descriptor: fetch by DMA, execute, complete by DMA, publish. False if the device must stop. */
   private step(): boolean {
+    if (!this.execute()) return false;
+    this.publish();
+    return true;
+  }
+
+  /** Fetches, executes and writes the completion of one descriptor (not yet published). */
+  private execute(): boolean {
     const e = this.engine;
     const { sq, cq } = this.cfg;
     e.begin();
@@ -180,7 +195,12 @@ class DeviceRunner {
     } finally {
       e.end();
     }
-    this.control.stats.set(e.counts);
+    return true;
+  }
+
+  /** Publishes the completion execute() wrote (and the counters with it). */
+  private publish(): void {
+    this.control.stats.set(this.engine.counts);
     this.sqHead = (this.sqHead + 1) | 0;
     this.cqTail = (this.cqTail + 1) | 0;
     const ctl = this.ctl;
@@ -189,7 +209,24 @@ class DeviceRunner {
     // it (Dekker with the driver's DRV_WAITING store then CQ_TAIL load).
     Atomics.store(ctl, CQ_TAIL, this.cqTail);
     if (Atomics.load(ctl, DRV_WAITING) !== 0) Atomics.notify(ctl, CQ_TAIL);
-    return true;
+  }
+
+  /**
+   * step() with a transfer slice on the device's track for the descriptor it executed (if it got
+   * that far), recorded before the completion is published: a driver that saw the completion
+   * finds the slice in the ring.
+   */
+  private tracedStep(tr: TraceWriter): boolean {
+    const k = this.engine.counts;
+    const before = k[STAT.descriptors];
+    const t0 = tr.now();
+    const ok = this.execute();
+    if (k[STAT.descriptors] !== before) {
+      const d = this.desc;
+      tr.slice(TRACE_KIND.transfer, t0, d.src, d.dst, d.len, (this.comp.status & 0xff) | ((d.flags & 0xffff) << 8));
+    }
+    if (ok) this.publish();
+    return ok;
   }
 
   /** The driver keeps at most `depth` descriptors outstanding, so this rarely waits. */

@@ -46,6 +46,7 @@ import {
 } from './rings.js';
 import { MAX_TRANSFER, type P2pRouteConfig } from './dma-engine.js';
 import type { ModelName } from './device-model.js';
+import type { TraceRingsHandle } from '../trace/trace-ring.js';
 // Type-only: the worker's API shape (no runtime import of worker code).
 import type { DeviceWorkerApi, DeviceWorkerConfig } from '../../workers/device-worker.js';
 
@@ -98,6 +99,8 @@ export interface DeviceStartParams {
   p2p?: readonly P2pRouteConfig[];
   /** The device's own memory BARs' backing, by BAR number (what peers' P2P DMA lands in). */
   bars?: ReadonlyMap<number, Uint8Array>;
+  /** The machine's trace rings (absent or null: tracing off). */
+  trace?: TraceRingsHandle | null;
 }
 
 const STOP_GRACE_MS = 2000;
@@ -182,6 +185,7 @@ export class Device {
       control: dev.control.handle,
       sq: { dma: p.sq.dma, depth: p.sq.depth },
       cq: { dma: p.cq.dma, depth: p.cq.depth },
+      trace: p.trace ?? null,
     };
     try {
       await w.remote.start(cfg);

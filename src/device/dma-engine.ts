@@ -37,6 +37,7 @@ import { DeviceEpochs } from '../iommu/device-epoch.js';
 import { FaultRing, REASON_NOT_PRESENT, REASON_PERMISSION, REASON_OUT_OF_RANGE, REASON_NO_CONTEXT } from '../iommu/fault-ring.js';
 import { Iotlb, type IotlbHandle, IOTLB_READ, IOTLB_WRITE, iotlbSlot } from '../iommu/iotlb.js';
 import { STAT } from './device-control.js';
+import { TRACE_KIND, type TraceWriter } from '../trace/trace-ring.js';
 
 /** One P2P route as the device worker receives it: a peer's BAR window and its memory. */
 export interface P2pRouteConfig {
@@ -147,6 +148,9 @@ export class DmaEngine {
 
   /** Counters, flushed into the device's stats block by the owner. */
   readonly counts = new Float64Array(Object.keys(STAT).length);
+
+  /** The device thread's trace ring (null: tracing off); IOTLB misses and faults become instants. */
+  trace: TraceWriter | null = null;
 
   constructor(cfg: DmaEngineConfig) {
     this.ram = GuestRam.attach(cfg.ram);
@@ -336,6 +340,7 @@ export class DmaEngine {
 
   /** IOTLB miss: walks the page table and fills entry i; returns i, or -1 when not present. */
   private fill(page: number, i: number): number {
+    if (this.trace !== null) this.trace.instant(TRACE_KIND.iotlbMiss, page * PAGE, 0, 0, this.domain);
     const pte = walkPage(this.entries, this.root, page);
     if (pte === 0) return -1;
     const pa = (pte >>> 4) * PAGE;
@@ -390,6 +395,7 @@ export class DmaEngine {
     this.faultReason = reason;
     this.counts[STAT.faults]++;
     this.faults.record(this.requesterId, addr, write, reason, this.domain);
+    if (this.trace !== null) this.trace.instant(TRACE_KIND.fault, addr, this.domain, 0, reason | (write ? 0x100 : 0));
     return false;
   }
 

@@ -28,6 +28,8 @@ import { mergeDirectSg, type DmaSgTable, type MappedSgEntry, type SgEntry } from
 import { DmaCounters, DMA_COUNTER as C, type DmaCountersHandle, type DmaCounterValues } from './dma-counters.js';
 import { Swiotlb, type SwiotlbHandle } from './swiotlb.js';
 import { DmaDebug, type DmaDebugHandle } from './dma-debug.js';
+import { TraceRings, type TraceRingsHandle } from '../trace/trace-ring.js';
+import { DmaTrace } from '../trace/dma-trace.js';
 
 export type { DmaDirection } from './direction.js';
 export { DMA_DIRECTIONS, protOf } from './direction.js';
@@ -64,6 +66,8 @@ export interface DmaApiHandle {
   readonly mode: InvalidationMode;
   readonly flushTimeoutMs: number;
   readonly forceBounce: boolean;
+  /** The machine's trace rings (null: tracing off); each thread records into its own ring. */
+  readonly trace: TraceRingsHandle | null;
 }
 
 export interface DmaApiOptions {
@@ -83,6 +87,8 @@ export interface DmaApiOptions {
   dmaOwner?: (dev: DmaDeviceInfo) => string | null;
   /** Domain views this DMA API attached itself (their per-thread IOVA caches go back at close). */
   ownDomains?: readonly Domain[];
+  /** Trace rings to record this thread's calls in (null: tracing off, no cost but a null check). */
+  trace?: TraceRings | null;
 }
 
 export interface DmaApiStats extends DmaCounterValues {
@@ -104,6 +110,9 @@ export class DmaApi {
   private readonly flushTimeoutMs: number;
   private readonly ownDomains: readonly Domain[];
   private readonly dmaOwner: (dev: DmaDeviceInfo) => string | null;
+  private readonly traceRings: TraceRings | null;
+  /** This thread's trace hooks; null when tracing is off (or no ring was left for this thread). */
+  private readonly trace: DmaTrace | null;
   private closed = false;
 
   /** The DMA API of a machine's main thread. */
@@ -127,6 +136,7 @@ export class DmaApi {
       debug: handle.debug ? DmaDebug.attach(handle.debug) : null,
       domainById: (id) => byId.get(id),
       ownDomains: [...byId.values()],
+      trace: handle.trace ? TraceRings.attach(handle.trace) : null,
     });
   }
 
@@ -148,6 +158,9 @@ export class DmaApi {
     this.domainById = options.domainById ?? ((id) => iommu.domain(id));
     this.ownDomains = options.ownDomains ?? [];
     this.dmaOwner = options.dmaOwner ?? (() => null);
+    this.traceRings = options.trace ?? null;
+    const writer = this.traceRings?.writer('driver') ?? null;
+    this.trace = writer ? new DmaTrace(writer, this.swiotlb) : null;
   }
 
   get handle(): DmaApiHandle {
@@ -160,6 +173,7 @@ export class DmaApi {
       mode: this.mode,
       flushTimeoutMs: this.flushTimeoutMs,
       forceBounce: this.forceBounce,
+      trace: this.traceRings?.handle ?? null,
     };
   }
 
@@ -182,6 +196,15 @@ export class DmaApi {
 
   /** dma_map_single: makes [pa, pa + len) reachable by `dev` for DMA in direction `dir`. */
   mapSingle(dev: DmaDevice, pa: Pa, len: number, dir: DmaDirection): DmaMapping {
+    const tr = this.trace;
+    if (tr === null) return this.doMapSingle(dev, pa, len, dir);
+    const t0 = tr.now();
+    const m = this.doMapSingle(dev, pa, len, dir);
+    tr.mapSingle(t0, dev.requesterId, m.addr, pa, len, dir, m.bounced);
+    return m;
+  }
+
+  private doMapSingle(dev: DmaDevice, pa: Pa, len: number, dir: DmaDirection): DmaMapping {
     this.checkOpen('mapSingle', dev);
     this.checkBuffer(dev, pa, len, dir);
     const domain = this.translatingDomain(dev);
@@ -202,6 +225,14 @@ export class DmaApi {
 
   /** dma_unmap_single: after it returns (strict mode), the device can no longer reach the buffer. */
   unmapSingle(dev: DmaDevice, m: DmaMapping): void {
+    const tr = this.trace;
+    if (tr === null) return this.doUnmapSingle(dev, m);
+    const t0 = tr.now();
+    this.doUnmapSingle(dev, m);
+    tr.unmapSingle(t0, dev.requesterId, m.addr, m.len, m.dir, m.bounced);
+  }
+
+  private doUnmapSingle(dev: DmaDevice, m: DmaMapping): void {
     this.checkOpen('unmapSingle', dev);
     const { addr, len, dir } = this.checkMapping(dev, m, 'unmapSingle');
     this.debug?.unmap(dev, 'single', addr, len, dir);
@@ -220,6 +251,15 @@ export class DmaApi {
    * follow each other merge. Program the device with `segments` only.
    */
   mapSg(dev: DmaDevice, entries: readonly SgEntry[], dir: DmaDirection): DmaSgTable {
+    const tr = this.trace;
+    if (tr === null) return this.doMapSg(dev, entries, dir);
+    const t0 = tr.now();
+    const sg = this.doMapSg(dev, entries, dir);
+    tr.mapSg(t0, dev.requesterId, sg);
+    return sg;
+  }
+
+  private doMapSg(dev: DmaDevice, entries: readonly SgEntry[], dir: DmaDirection): DmaSgTable {
     this.checkOpen('mapSg', dev);
     if (!Array.isArray(entries) || entries.length === 0) {
       throw new DmaError('EINVAL', `dma: mapSg for device ${dev?.bdf}: the scatterlist must be a non-empty array of { pa, len }`);
@@ -256,6 +296,14 @@ export class DmaApi {
 
   /** dma_unmap_sg: takes back the whole table mapSg returned. */
   unmapSg(dev: DmaDevice, sg: DmaSgTable): void {
+    const tr = this.trace;
+    if (tr === null) return this.doUnmapSg(dev, sg);
+    const t0 = tr.now();
+    this.doUnmapSg(dev, sg);
+    tr.unmapSg(t0, dev.requesterId, sg);
+  }
+
+  private doUnmapSg(dev: DmaDevice, sg: DmaSgTable): void {
     this.checkOpen('unmapSg', dev);
     if (!sg || typeof sg !== 'object' || !Array.isArray(sg.entries) || !DMA_DIRECTIONS.includes(sg.dir)) {
       throw new DmaError('EINVAL', `dma: unmapSg for device ${dev?.bdf}: ${String(sg)} is not a table returned by mapSg`);
@@ -302,6 +350,15 @@ export class DmaApi {
    * anywhere, mapped bidirectionally at an IOVA below the mask.
    */
   allocCoherent(dev: DmaDevice, size: number): DmaCoherent {
+    const tr = this.trace;
+    if (tr === null) return this.doAllocCoherent(dev, size);
+    const t0 = tr.now();
+    const c = this.doAllocCoherent(dev, size);
+    tr.coherent(t0, true, dev.requesterId, c.addr, c.cpuAddr, c.size);
+    return c;
+  }
+
+  private doAllocCoherent(dev: DmaDevice, size: number): DmaCoherent {
     this.checkOpen('allocCoherent', dev);
     if (!Number.isSafeInteger(size) || size <= 0) {
       throw new DmaError('EINVAL', `dma: allocCoherent of ${String(size)} bytes for device ${dev?.bdf}: size must be a positive integer`);
@@ -328,6 +385,14 @@ export class DmaApi {
 
   /** dma_free_coherent. */
   freeCoherent(dev: DmaDevice, c: DmaCoherent): void {
+    const tr = this.trace;
+    if (tr === null) return this.doFreeCoherent(dev, c);
+    const t0 = tr.now();
+    this.doFreeCoherent(dev, c);
+    tr.coherent(t0, false, dev.requesterId, c.addr, c.cpuAddr, c.size);
+  }
+
+  private doFreeCoherent(dev: DmaDevice, c: DmaCoherent): void {
     this.checkOpen('freeCoherent', dev);
     if (
       !c ||
@@ -392,6 +457,18 @@ export class DmaApi {
   }
 
   private sync(dev: DmaDevice, target: DmaMapping | DmaSgTable | DmaAddr, len: number | undefined, dir: DmaDirection | undefined, forCpu: boolean): void {
+    const tr = this.trace;
+    if (tr === null) {
+      this.doSync(dev, target, len, dir, forCpu);
+      return;
+    }
+    const t0 = tr.now();
+    const ranges = this.doSync(dev, target, len, dir, forCpu);
+    tr.sync(t0, forCpu, dev.requesterId, ranges[0]?.addr ?? 0, ranges.reduce((n, r) => n + r.len, 0));
+  }
+
+  /** Returns the ranges it synced (for the trace). */
+  private doSync(dev: DmaDevice, target: DmaMapping | DmaSgTable | DmaAddr, len: number | undefined, dir: DmaDirection | undefined, forCpu: boolean): ReadonlyArray<{ addr: DmaAddr; len: number }> {
     const op = forCpu ? 'syncForCpu' : 'syncForDevice';
     this.checkOpen(op, dev);
     const ranges: Array<{ addr: DmaAddr; len: number; dir: DmaDirection; domainId: number }> = [];
@@ -415,6 +492,7 @@ export class DmaApi {
       if (r.domainId === -1) directSync(this.swiotlb, dev, r.addr, r.len, r.dir, forCpu);
     }
     this.counters.add(C.syncs);
+    return ranges;
   }
 
   /** The domain that translates for `dev`, or null when its DMA addresses are physical. */

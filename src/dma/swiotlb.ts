@@ -457,6 +457,12 @@ export class Swiotlb {
     });
   }
 
+  /** Slots allocated now (one load; the trace samples it after each map and unmap). */
+  slotsInUse(): number {
+    // ORDERING: a statistic, as in stats().
+    return Atomics.load(this.words, H_IN_USE);
+  }
+
   stats(): SwiotlbStats {
     const w = this.words;
     const c = this.counters;
