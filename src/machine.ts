@@ -45,6 +45,15 @@ export interface Fault {
   domain: number;
 }
 
+/**
+ * What m.iommu.faults() returns: the records drained, oldest first, and `dropped`: records lost
+ * since the previous call because the fault ring was full (as VT-d's Primary Fault Overflow or
+ * SMMUv3's "event queue overflow — events lost", with a count). Every refused DMA is a record
+ * here or one count in `dropped`, never neither. `dropped` is not enumerable, so the log
+ * compares and prints as a plain array; m.stats().faultsDropped is the running total.
+ */
+export type FaultLog = Fault[] & { readonly dropped: number };
+
 export interface MachineStats {
   /** Bytes moved by devices (read + written). */
   bytes: number;
@@ -74,14 +83,16 @@ export interface MachineStats {
   p2pTransfers: number;
   p2pBytes: number;
   devices: Record<string, DeviceCounters>;
+  /** Devices that failed (worker threw, exited, or hung past iommu.deviceTimeoutMs), and why. */
+  failedDevices: Record<string, string>;
 }
 
 /** The IOMMU as a machine user sees it. */
 export interface MachineIommu {
   readonly enabled: boolean;
   readonly invalidation: InvalidationMode;
-  /** Drains the fault ring: every refused DMA since the last call, oldest first. */
-  faults(): Fault[];
+  /** Drains the fault ring: every refused DMA since the last call, oldest first (see FaultLog). */
+  faults(): FaultLog;
   /** Lazy mode: flush the flush queues now (ends the stale window). */
   flush(): void;
   /** The domain a device is attached to (null without an IOMMU). */
@@ -110,6 +121,8 @@ export class Machine {
   private readonly adding = new Map<string, Promise<Device>>();
   private closing: Promise<void> | null = null;
   private flushes = 0;
+  /** The fault ring's overflow count at the last faults() call. */
+  private faultsDroppedSeen = 0;
   private pciState: MachinePci | null = null;
   private vfioState: Vfio | null = null;
 
@@ -163,7 +176,14 @@ export class Machine {
       enabled: cfg.iommu.enabled,
       invalidation: cfg.iommu.invalidation,
       unit,
-      faults: () => unit.drainFaults().map((f) => ({ ...this.pci.describeRequester(f.requesterId), ...f })),
+      faults: () => {
+        const log = unit.drainFaults().map((f) => ({ ...this.pci.describeRequester(f.requesterId), ...f }));
+        // Read after the drain: a record refused while it ran is counted now, never missed.
+        const total = unit.faultRing.overflowed();
+        Object.defineProperty(log, 'dropped', { value: total - this.faultsDroppedSeen, enumerable: false });
+        this.faultsDroppedSeen = total;
+        return log as FaultLog;
+      },
       flush: () => dma.flush(),
       domainOf: (dev: Device) => unit.domainOfRequester(dev.requesterId),
     };
@@ -195,7 +215,7 @@ export class Machine {
 
   private async startDevice(bdf: string, requesterId: number, cfg: ResolvedDeviceConfig, placement: Placement): Promise<Device> {
     const unit = this.unit;
-    const slot = unit.epochs.claim();
+    const slot = unit.epochs.claim(this.config.iommu.deviceTimeoutMs);
     const undo: Array<() => void> = [() => unit.epochs.release(slot)];
     try {
       // Every alias gets a context entry for the group's domain (created with its first device).
@@ -320,6 +340,9 @@ export class Machine {
       p2pTransfers: sum('p2pTransfers'),
       p2pBytes: sum('p2pBytes'),
       devices,
+      failedDevices: Object.fromEntries(
+        [...this.records.values()].filter((r) => r.dev.error !== null).map((r) => [r.dev.bdf, r.dev.error!.message]),
+      ),
     };
   }
 
