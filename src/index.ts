@@ -2,7 +2,7 @@
  * dmaemu: DMA through an IOMMU, emulated truly in parallel. The public API only.
  */
 export { Machine } from './machine.js';
-export type { MachineStats, MachineIommu, Fault, FaultLog } from './machine.js';
+export type { MachineStats, MachineIommu, Fault, FaultLog, DriverThreadReport } from './machine.js';
 export type { MachineConfig, DeviceConfig } from './machine-config.js';
 export { DmaError } from './errors.js';
 export type { DmaErrorCode } from './errors.js';
@@ -23,7 +23,7 @@ export { Swiotlb } from './dma/swiotlb.js';
 export type { SwiotlbHandle, SwiotlbStats } from './dma/swiotlb.js';
 export type { DmaDebug, DmaDebugReport, DmaDebugCheck } from './dma/dma-debug.js';
 export { DriverPool } from './dma/driver-pool.js';
-export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult } from './dma/driver-pool.js';
+export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, MapAndDieTask } from './dma/driver-pool.js';
 export { attachDriver } from './dma/driver-handle.js';
 export type { DriverHandle, AttachedDriver } from './dma/driver-handle.js';
 export { HandoffMailbox } from './dma/handoff-mailbox.js';

@@ -54,6 +54,19 @@ export interface Fault {
  */
 export type FaultLog = Fault[] & { readonly dropped: number };
 
+/** What m.reclaimDriverThread found and took back from a driver thread that ended. */
+export interface DriverThreadReport {
+  threadId: number;
+  /**
+   * Mappings, sg tables and coherent allocations it made and did not undo itself (net of its own
+   * unmaps: one it handed to another thread to unmap counts here and there). They stay mapped
+   * and valid until someone unmaps them, as Linux leaves a crashed driver's mappings.
+   */
+  mappingsLeft: number;
+  /** IOVA pages its per-thread caches held, returned to the domains' shared space. */
+  iovaPagesFreed: number;
+}
+
 export interface MachineStats {
   /** Bytes moved by devices (read + written). */
   bytes: number;
@@ -85,6 +98,8 @@ export interface MachineStats {
   devices: Record<string, DeviceCounters>;
   /** Devices that failed (worker threw, exited, or hung past iommu.deviceTimeoutMs), and why. */
   failedDevices: Record<string, string>;
+  /** Driver threads that ended holding per-thread state, as reclaimDriverThread reported them. */
+  deadDriverThreads: DriverThreadReport[];
 }
 
 /** The IOMMU as a machine user sees it. */
@@ -121,6 +136,7 @@ export class Machine {
   private readonly adding = new Map<string, Promise<Device>>();
   private closing: Promise<void> | null = null;
   private flushes = 0;
+  private readonly deadDrivers: DriverThreadReport[] = [];
   /** The fault ring's overflow count at the last faults() call. */
   private faultsDroppedSeen = 0;
   private pciState: MachinePci | null = null;
@@ -292,6 +308,28 @@ export class Machine {
     };
   }
 
+  /**
+   * A driver thread has ended (DriverPool's onThreadExit, or any worker that attached with
+   * driverHandle()): take back what it held per thread — its IOVA rcache magazines in every
+   * domain (Linux's free_cpu_cached_iovas when a CPU goes offline) and its counter slot — and
+   * report the mappings it left. Those stay mapped. Only for a thread that has really ended.
+   * Returns null when the thread had released everything itself (it closed its driver).
+   */
+  reclaimDriverThread(threadId: number): DriverThreadReport | null {
+    if (!Number.isInteger(threadId) || threadId <= 0) {
+      throw new DmaError('EINVAL', `machine.reclaimDriverThread: ${String(threadId)} is not the id of a worker thread`);
+    }
+    if (this.closing) return null;
+    const c = this.dma.reclaimThread(threadId);
+    let iovaPagesFreed = 0;
+    for (const d of this.pci.liveDomains()) if (d.type === 'dma') iovaPagesFreed += d.iova.reclaimThread(threadId);
+    if (!c && iovaPagesFreed === 0) return null;
+    const mappingsLeft = c ? c.maps - c.unmaps + c.sgMaps - c.sgUnmaps + c.coherentAllocs - c.coherentFrees : 0;
+    const r: DriverThreadReport = { threadId, mappingsLeft, iovaPagesFreed };
+    this.deadDrivers.push(r);
+    return r;
+  }
+
   /** The devices, in the order they were added. */
   devices(): Device[] {
     return [...this.records.values()].map((r) => r.dev);
@@ -343,6 +381,7 @@ export class Machine {
       failedDevices: Object.fromEntries(
         [...this.records.values()].filter((r) => r.dev.error !== null).map((r) => [r.dev.bdf, r.dev.error!.message]),
       ),
+      deadDriverThreads: this.deadDrivers.map((r) => ({ ...r })),
     };
   }
 
