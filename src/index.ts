@@ -2,7 +2,7 @@
  * dmaemu: DMA through an IOMMU, emulated truly in parallel. The public API only.
  */
 export { Machine } from './machine.js';
-export type { MachineStats, MachineIommu, Fault } from './machine.js';
+export type { MachineStats, MachineIommu, Fault, FaultLog, DriverThreadReport } from './machine.js';
 export type { MachineConfig, DeviceConfig } from './machine-config.js';
 export { DmaError } from './errors.js';
 export type { DmaErrorCode } from './errors.js';
@@ -11,15 +11,19 @@ export type { Pa, Iova, DmaAddr } from './addresses.js';
 export type { GuestRam, RamBuffer, RamRegion, RamRegionConfig } from './memory/guest-ram.js';
 export type { AllocOptions } from './memory/frame-allocator.js';
 export { Device } from './device/device.js';
-export type { Completion, CompletionStatus, CopyRequest, FillRequest } from './device/device.js';
+export type { Completion, CompletionStatus, CopyRequest, FillRequest, InjectedFault } from './device/device.js';
 export type { DeviceCounters } from './device/device-control.js';
+export { hostileBurst } from './device/hostile.js';
+export type { HostileBurstOptions, HostileBurstResult } from './device/hostile.js';
+export { HostileAccessGenerator } from './device/hostile-access.js';
+export type { HostileBurst, HostileResult, HostileAccess, AddressRange } from './device/hostile-access.js';
 export { DmaApi } from './dma/dma-api.js';
 export type { DmaMapping, DmaCoherent, DmaDirection, InvalidationMode, DmaApiHandle, DmaApiStats, DmaDevice, DmaDeviceInfo, SgEntry, DmaSegment, DmaSgTable } from './dma/dma-api.js';
 export { Swiotlb } from './dma/swiotlb.js';
 export type { SwiotlbHandle, SwiotlbStats } from './dma/swiotlb.js';
 export type { DmaDebug, DmaDebugReport, DmaDebugCheck } from './dma/dma-debug.js';
 export { DriverPool } from './dma/driver-pool.js';
-export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult } from './dma/driver-pool.js';
+export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, MapAndDieTask } from './dma/driver-pool.js';
 export { attachDriver } from './dma/driver-handle.js';
 export type { DriverHandle, AttachedDriver } from './dma/driver-handle.js';
 export { HandoffMailbox } from './dma/handoff-mailbox.js';

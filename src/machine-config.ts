@@ -31,6 +31,11 @@ export const machineConfigSchema = z
         /** Page-table pages (2 KiB each) shared by all domains. */
         tables: z.number().int().min(2).max(1 << 20).default(4096),
         faultRing: z.number().int().min(1).max(1 << 20).default(4096),
+        /**
+         * Watchdog: a strict unmap waits at most this long (ms) for a device to leave its
+         * transfer, then declares it hung (fails it, ends its worker); 0 = wait forever.
+         */
+        deviceTimeoutMs: z.number().int().min(0).max(0x7fffffff).default(5000),
       })
       .strict()
       .prefault({}),

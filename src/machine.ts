@@ -47,6 +47,28 @@ export interface Fault {
   domain: number;
 }
 
+/**
+ * What m.iommu.faults() returns: the records drained, oldest first, and `dropped`: records lost
+ * since the previous call because the fault ring was full (as VT-d's Primary Fault Overflow or
+ * SMMUv3's "event queue overflow — events lost", with a count). Every refused DMA is a record
+ * here or one count in `dropped`, never neither. `dropped` is not enumerable, so the log
+ * compares and prints as a plain array; m.stats().faultsDropped is the running total.
+ */
+export type FaultLog = Fault[] & { readonly dropped: number };
+
+/** What m.reclaimDriverThread found and took back from a driver thread that ended. */
+export interface DriverThreadReport {
+  threadId: number;
+  /**
+   * Mappings, sg tables and coherent allocations it made and did not undo itself (net of its own
+   * unmaps: one it handed to another thread to unmap counts here and there). They stay mapped
+   * and valid until someone unmaps them, as Linux leaves a crashed driver's mappings.
+   */
+  mappingsLeft: number;
+  /** IOVA pages its per-thread caches held, returned to the domains' shared space. */
+  iovaPagesFreed: number;
+}
+
 export interface MachineStats {
   /** Bytes moved by devices (read + written). */
   bytes: number;
@@ -76,14 +98,18 @@ export interface MachineStats {
   p2pTransfers: number;
   p2pBytes: number;
   devices: Record<string, DeviceCounters>;
+  /** Devices that failed (worker threw, exited, or hung past iommu.deviceTimeoutMs), and why. */
+  failedDevices: Record<string, string>;
+  /** Driver threads that ended holding per-thread state, as reclaimDriverThread reported them. */
+  deadDriverThreads: DriverThreadReport[];
 }
 
 /** The IOMMU as a machine user sees it. */
 export interface MachineIommu {
   readonly enabled: boolean;
   readonly invalidation: InvalidationMode;
-  /** Drains the fault ring: every refused DMA since the last call, oldest first. */
-  faults(): Fault[];
+  /** Drains the fault ring: every refused DMA since the last call, oldest first (see FaultLog). */
+  faults(): FaultLog;
   /** Lazy mode: flush the flush queues now (ends the stale window). */
   flush(): void;
   /** The domain a device is attached to (null without an IOMMU). */
@@ -114,6 +140,9 @@ export class Machine {
   private readonly adding = new Map<string, Promise<Device>>();
   private closing: Promise<void> | null = null;
   private flushes = 0;
+  private readonly deadDrivers: DriverThreadReport[] = [];
+  /** The fault ring's overflow count at the last faults() call. */
+  private faultsDroppedSeen = 0;
   private pciState: MachinePci | null = null;
   private vfioState: Vfio | null = null;
 
@@ -170,7 +199,14 @@ export class Machine {
       enabled: cfg.iommu.enabled,
       invalidation: cfg.iommu.invalidation,
       unit,
-      faults: () => unit.drainFaults().map((f) => ({ ...this.pci.describeRequester(f.requesterId), ...f })),
+      faults: () => {
+        const log = unit.drainFaults().map((f) => ({ ...this.pci.describeRequester(f.requesterId), ...f }));
+        // Read after the drain: a record refused while it ran is counted now, never missed.
+        const total = unit.faultRing.overflowed();
+        Object.defineProperty(log, 'dropped', { value: total - this.faultsDroppedSeen, enumerable: false });
+        this.faultsDroppedSeen = total;
+        return log as FaultLog;
+      },
       flush: () => dma.flush(),
       domainOf: (dev: Device) => unit.domainOfRequester(dev.requesterId),
     };
@@ -202,7 +238,7 @@ export class Machine {
 
   private async startDevice(bdf: string, requesterId: number, cfg: ResolvedDeviceConfig, placement: Placement): Promise<Device> {
     const unit = this.unit;
-    const slot = unit.epochs.claim();
+    const slot = unit.epochs.claim(this.config.iommu.deviceTimeoutMs);
     const undo: Array<() => void> = [() => unit.epochs.release(slot)];
     try {
       // Every alias gets a context entry for the group's domain (created with its first device).
@@ -280,6 +316,28 @@ export class Machine {
     };
   }
 
+  /**
+   * A driver thread has ended (DriverPool's onThreadExit, or any worker that attached with
+   * driverHandle()): take back what it held per thread — its IOVA rcache magazines in every
+   * domain (Linux's free_cpu_cached_iovas when a CPU goes offline) and its counter slot — and
+   * report the mappings it left. Those stay mapped. Only for a thread that has really ended.
+   * Returns null when the thread had released everything itself (it closed its driver).
+   */
+  reclaimDriverThread(threadId: number): DriverThreadReport | null {
+    if (!Number.isInteger(threadId) || threadId <= 0) {
+      throw new DmaError('EINVAL', `machine.reclaimDriverThread: ${String(threadId)} is not the id of a worker thread`);
+    }
+    if (this.closing) return null;
+    const c = this.dma.reclaimThread(threadId);
+    let iovaPagesFreed = 0;
+    for (const d of this.pci.liveDomains()) if (d.type === 'dma') iovaPagesFreed += d.iova.reclaimThread(threadId);
+    if (!c && iovaPagesFreed === 0) return null;
+    const mappingsLeft = c ? c.maps - c.unmaps + c.sgMaps - c.sgUnmaps + c.coherentAllocs - c.coherentFrees : 0;
+    const r: DriverThreadReport = { threadId, mappingsLeft, iovaPagesFreed };
+    this.deadDrivers.push(r);
+    return r;
+  }
+
   /** The devices, in the order they were added. */
   devices(): Device[] {
     return [...this.records.values()].map((r) => r.dev);
@@ -328,6 +386,10 @@ export class Machine {
       p2pTransfers: sum('p2pTransfers'),
       p2pBytes: sum('p2pBytes'),
       devices,
+      failedDevices: Object.fromEntries(
+        [...this.records.values()].filter((r) => r.dev.error !== null).map((r) => [r.dev.bdf, r.dev.error!.message]),
+      ),
+      deadDriverThreads: this.deadDrivers.map((r) => ({ ...r })),
     };
   }
 

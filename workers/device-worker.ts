@@ -8,6 +8,14 @@
  * if it waits. While idle it sleeps in Atomics.wait on SQ_TAIL; it leaves its loop briefly
  * (setImmediate) when the driver flags a pending control message (CTRL) or every IDLE_SLICE_MS,
  * so comlink messages are served without putting messages on the data path.
+ *
+ * Fault injection (test-only, Device.injectFault): when the descriptor index named in the control
+ * block comes up, the device suffers the fault inside that transfer — after it fetched the
+ * descriptor, inside its in-transfer epoch: 'throw' (the model throws: the exception unwinds,
+ * the epoch is left, the worker dies with the error), 'hang' (it sleeps until its worker is
+ * terminated, holding the epoch: only the unmappers' watchdog or close() end it), 'spin' (the
+ * same, in a busy loop) and 'terminate' (the thread ends at once with exit code 70, the epoch
+ * still held; the machine marks the slot dead when it sees the exit).
  */
 import { exposeToParent } from '../src/control-plane.js';
 import { DmaEngine, RunList, type DmaEngineConfig } from '../src/device/dma-engine.js';
@@ -28,6 +36,11 @@ import {
   STATE_STOPPED,
   STATE_FAILED,
   STAT,
+  INJECT,
+  INJECT_THROW,
+  INJECT_HANG,
+  INJECT_SPIN,
+  INJECT_EXIT,
 } from '../src/device/device-control.js';
 import {
   SQE_SIZE,
@@ -60,6 +73,8 @@ export interface DeviceWorkerApi {
 }
 
 const IDLE_SLICE_MS = 100;
+/** Exit code of an injected 'terminate' (EX_SOFTWARE). */
+const EXIT_CODE_INJECTED = 70;
 
 class DeviceRunner {
   private readonly control: DeviceControl;
@@ -181,6 +196,8 @@ class DeviceRunner {
         e.readRuns(this.runs, this.sqe);
         decodeDescriptor(this.sqeView, 0, this.desc);
       }
+      const injected = this.control.injected(this.sqHead);
+      if (injected !== 0) this.suffer(injected);
       this.model.process(this.desc, this.comp);
       if (!e.translate(this.cqDma + (this.cqTail % cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
         this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(this.cqDma)}: DMA fault (${faultText(e)})`;
@@ -227,6 +244,21 @@ class DeviceRunner {
     }
     if (ok) this.publish();
     return ok;
+  }
+
+  /** An injected fault, inside the current transfer (see the header). */
+  private suffer(kind: number): void {
+    const what = `${this.cfg.name}: injected fault in descriptor ${this.desc.id}`;
+    if (kind === INJECT_THROW) throw new Error(`${what}: the ${this.cfg.model} model threw`);
+    if (kind === INJECT_EXIT) process.exit(EXIT_CODE_INJECTED);
+    if (kind === INJECT_HANG) {
+      // Nobody notifies INJECT: this sleeps until the worker is terminated.
+      for (;;) Atomics.wait(this.ctl, INJECT, kind);
+    }
+    if (kind === INJECT_SPIN) {
+      let n = 0;
+      for (;;) n = (n + 1) | 0;
+    }
   }
 
   /** The driver keeps at most `depth` descriptors outstanding, so this rarely waits. */

@@ -7,6 +7,10 @@
  *             (dma_trans_ns), unmap — timed in batches, for `durationMs` or `iterations`.
  *   handoff:  map a source (to-device) and a destination (from-device), hand the transfer to
  *             the device side through a mailbox, wait, unmap and check the bytes arrived.
+ *   mapAndDie: fault injection — a driver thread that dies holding mappings: it maps `keep`
+ *             buffers and leaves them mapped, maps and unmaps `churn` more (so its IOVA
+ *             magazines hold cached ranges), reports them in `out`, then ends its thread
+ *             (exit code 3) without unmapping or closing anything.
  */
 import { threadId } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -189,4 +193,40 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+export interface MapAndDieTask {
+  driver: DriverHandle;
+  bdf: string;
+  /** Buffers left mapped (from-device, `pages` pages each). */
+  keep: number;
+  pages: number;
+  /** Map+unmap pairs made first, of 1..4 pages. */
+  churn: number;
+  /**
+   * Where the thread reports before it dies (Float64): [0] threadId, [1] count, then per kept
+   * mapping its DMA address, length and domain id. Written with plain stores before the exit.
+   */
+  out: SharedArrayBuffer;
+}
+
+export function mapAndDie(t: MapAndDieTask): never {
+  const drv = attachDriver(t.driver);
+  const dev = drv.device(t.bdf);
+  const ram = drv.dma.ram;
+  for (let i = 0; i < t.churn; i++) {
+    const n = 1 + (i % 4);
+    const b = ram.alloc(n * 4096);
+    drv.dma.unmapSingle(dev, drv.dma.mapSingle(dev, b.pa, n * 4096, 'to-device'));
+    ram.free(b);
+  }
+  const out = new Float64Array(t.out);
+  for (let i = 0; i < t.keep; i++) {
+    const b = ram.alloc(t.pages * 4096);
+    const h = drv.dma.mapSingle(dev, b.pa, t.pages * 4096, 'from-device');
+    out.set([h.addr, h.len, h.domainId, b.pa], 2 + 4 * i);
+  }
+  out[0] = threadId;
+  out[1] = t.keep;
+  process.exit(3);
 }

@@ -17,7 +17,9 @@
  *   [10] RING_GEN     driver: moves each time the ring DMA addresses below are reprogrammed
  *   [12..13] SQ DMA   driver: submission ring DMA address (low, high 32 bits), plain stores
  *   [14..15] CQ DMA   driver: completion ring DMA address (low, high 32 bits), plain stores
- * Float64 counters from byte 64 on (STATS below), written only by the device with plain stores
+ *   [16] INJECT       driver: a fault to inject (INJECT_* below; 0 = none), test-only
+ *   [17] INJECT_AT    driver: the descriptor index (SQ_HEAD value) it fires at; stored before INJECT
+ * Float64 counters from byte 128 on (STATS below), written only by the device with plain stores
  * after each descriptor (8-byte aligned stores do not tear on the hosts Node runs on); readers
  * may see a count one descriptor old.
  *
@@ -45,6 +47,8 @@ export const STATE = 7;
 export const CTRL = 8;
 export const POLL = 9;
 export const RING_GEN = 10;
+export const INJECT = 16;
+export const INJECT_AT = 17;
 const RING_SQ = 12;
 const RING_CQ = 14;
 
@@ -53,7 +57,13 @@ export const STATE_RUNNING = 1;
 export const STATE_STOPPED = 2;
 export const STATE_FAILED = 3;
 
-const STATS_BYTE_OFFSET = 64;
+/** Faults the device can be told to suffer inside a transfer (Device.injectFault). */
+export const INJECT_THROW = 1;
+export const INJECT_HANG = 2;
+export const INJECT_SPIN = 3;
+export const INJECT_EXIT = 4;
+
+const STATS_BYTE_OFFSET = 128;
 
 /** The device's counters, in their order in the block. */
 export const STATS = [
@@ -143,6 +153,21 @@ export class DeviceControl {
   ringDma(): { sq: number; cq: number } {
     const c = this.ctl;
     return { sq: (c[RING_SQ + 1] >>> 0) * 2 ** 32 + (c[RING_SQ] >>> 0), cq: (c[RING_CQ + 1] >>> 0) * 2 ** 32 + (c[RING_CQ] >>> 0) };
+  }
+
+  /** Driver side: the device suffers fault `kind` at descriptor index `at` (test-only). */
+  inject(kind: number, at: number): void {
+    Atomics.store(this.ctl, INJECT_AT, at | 0);
+    // ORDERING: INJECT is stored after INJECT_AT; the device loads INJECT first, then INJECT_AT.
+    Atomics.store(this.ctl, INJECT, kind);
+  }
+
+  /** Device side: the fault to suffer now, at descriptor index `head` (0 = none). */
+  injected(head: number): number {
+    const kind = Atomics.load(this.ctl, INJECT);
+    if (kind === 0) return 0;
+    // ORDERING: pairs with inject(): INJECT_AT was stored before the INJECT just loaded.
+    return ((head - Atomics.load(this.ctl, INJECT_AT)) | 0) >= 0 ? kind : 0;
   }
 
   /** Rings the doorbell: wakes the device if (and only if) it sleeps. */

@@ -18,5 +18,5 @@ export interface DeviceModelContext {
 
 export type DeviceModelFactory = (ctx: DeviceModelContext) => DeviceModel;
 
-export const MODEL_NAMES = ['copy-engine'] as const;
+export const MODEL_NAMES = ['copy-engine', 'hostile'] as const;
 export type ModelName = (typeof MODEL_NAMES)[number];

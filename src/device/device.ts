@@ -31,6 +31,10 @@ import {
   STATE_RUNNING,
   STATE_FAILED,
   STATE_STOPPED,
+  INJECT_THROW,
+  INJECT_HANG,
+  INJECT_SPIN,
+  INJECT_EXIT,
 } from './device-control.js';
 import {
   type RingPlacement,
@@ -60,6 +64,14 @@ export interface Completion {
   /** Set when status is 'fault': the first access the IOMMU refused. */
   fault?: { addr: number; access: FaultAccess; reason: FaultReason };
 }
+
+/**
+ * A fault a device can be made to suffer inside a transfer (workers/device-worker.ts): its model
+ * throws; it hangs (sleeps holding its in-transfer epoch); it spins (a busy loop, same); its
+ * worker thread terminates (exit code 70).
+ */
+export type InjectedFault = 'throw' | 'hang' | 'spin' | 'terminate';
+const INJECT_CODES: Record<InjectedFault, number> = { throw: INJECT_THROW, hang: INJECT_HANG, spin: INJECT_SPIN, terminate: INJECT_EXIT };
 
 export interface CopyRequest {
   src: DmaAddr;
@@ -141,6 +153,9 @@ export class Device {
   private closed = false;
   private closing: Promise<void> | null = null;
   private worker: ControlledWorker<DeviceWorkerApi> | null = null;
+  /** The worker's exit code once it exited; ending it after a hang sets `killing`. */
+  private exitCode: number | null = null;
+  private killing: Promise<void> | null = null;
 
   private constructor(p: DeviceStartParams) {
     this.bdf = p.bdf;
@@ -173,6 +188,7 @@ export class Device {
     dev.worker = w;
     w.worker.on('error', (e) => dev.fail(new DmaError('EIO', `device ${dev.bdf} (${dev.model}): its worker failed: ${e.message}`, { cause: e })));
     w.worker.on('exit', (code) => {
+      dev.exitCode = code;
       // The thread is gone and can touch nothing more: a strict unmap must never wait for it.
       dev.epochs?.markDead(dev.slot);
       if (!dev.closed) dev.fail(new DmaError('EIO', `device ${dev.bdf} (${dev.model}): its worker exited (code ${code})`));
@@ -255,6 +271,25 @@ export class Device {
     }
     this.reap();
     return result!;
+  }
+
+  /**
+   * Test-only fault injection: the device suffers `kind` inside the transfer of the descriptor
+   * submitted `after` descriptors from now (0: the next one), holding its in-transfer epoch.
+   * What follows is the failure path: `error` names the device and the cause, every descriptor
+   * in flight is rejected with EIO, a hung device is ended by the unmappers' watchdog
+   * (iommu.deviceTimeoutMs) or by close().
+   */
+  injectFault(kind: InjectedFault, options: { after?: number } = {}): void {
+    const code = INJECT_CODES[kind];
+    const after = options.after ?? 0;
+    if (code === undefined) throw new DmaError('EINVAL', `device ${this.bdf}: unknown fault ${String(kind)} (throw, hang, spin or terminate)`);
+    if (!Number.isInteger(after) || after < 0 || after > 0x3fffffff) {
+      throw new DmaError('EINVAL', `device ${this.bdf}: injectFault after = ${String(after)} must be a count of descriptors`);
+    }
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
+    this.control.inject(code, (this.sqTail + after) | 0);
   }
 
   /** Device-side doorbell polling instead of sleeping (benchmarks; costs a core while idle). */
@@ -346,13 +381,14 @@ export class Device {
     this.control.ring();
     if (w) {
       const state = Atomics.load(this.ctl, STATE);
-      if (state === STATE_RUNNING) {
+      // A worker that exited or is being ended for a hang gets no grace period.
+      if (state === STATE_RUNNING && this.exitCode === null && !this.killing) {
         const r = Atomics.waitAsync(this.ctl, STATE, STATE_RUNNING, STOP_GRACE_MS);
         if (r.async) await r.value;
       }
       this.reap();
       w.release();
-      await w.worker.terminate();
+      await (this.killing ?? w.worker.terminate());
       this.epochs?.markDead(this.slot);
     }
     this.failAll(new DmaError('EIO', `device ${this.bdf}: closed with the descriptor still outstanding`));
@@ -415,6 +451,11 @@ export class Device {
       while (this.pending.size > 0 && !this.failure) {
         this.reap();
         if (this.pending.size === 0) break;
+        const hungAfter = this.epochs?.hungAfter(this.slot) ?? null;
+        if (hungAfter !== null) {
+          this.declareHung(hungAfter);
+          break;
+        }
         const state = Atomics.load(ctl, STATE);
         if (state === STATE_FAILED || state === STATE_STOPPED) {
           if (state === STATE_FAILED) {
@@ -437,6 +478,25 @@ export class Device {
     } finally {
       this.pumping = false;
     }
+  }
+
+  /**
+   * An unmapper's watchdog declared the device hung (device-epoch.ts): fail it and end its
+   * worker; once the thread is gone its slot is marked dead.
+   */
+  private declareHung(ms: number): void {
+    this.fail(
+      new DmaError(
+        'EIO',
+        `device ${this.bdf} (${this.model}) hung: a strict IOTLB invalidation waited ${ms} ms for it to leave its transfer (invalidation time-out, iommu.deviceTimeoutMs); its worker was terminated`,
+      ),
+    );
+    const w = this.worker;
+    if (!w || this.killing) return;
+    this.killing = w.worker.terminate().then(
+      () => this.epochs?.markDead(this.slot),
+      () => this.epochs?.markDead(this.slot),
+    );
   }
 
   private async workerError(): Promise<string> {

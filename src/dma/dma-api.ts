@@ -417,6 +417,14 @@ export class DmaApi {
     this.counters.add(C.coherentFrees);
   }
 
+  /**
+   * What thread `tid`, which has ended, left behind in its counter slot (its own maps minus its
+   * own unmaps, by kind), freeing the slot; null when it had released it.
+   */
+  reclaimThread(tid: number): DmaCounterValues | null {
+    return this.counters.reclaimThread(tid);
+  }
+
   /** Mappings, sg tables and coherent allocations made (by any thread) and not yet undone. */
   liveMappings(): number {
     const c = this.counters.read();

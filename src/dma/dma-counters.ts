@@ -3,12 +3,13 @@
  * costs a plain store and two threads never write one cache line.
  *
  * Layout of its SharedArrayBuffer:
- *   Int32 [0 .. SLOTS)            owner word per slot: 0 free, 1 taken
+ *   Int32 [0 .. SLOTS)            owner word per slot: 0 free, else the owner's threadId + 1
  *   Float64 at byte SLOT_BYTES*(s+1), FIELDS entries per slot (a 128-byte line), written by the owner only
  * Invariant: a slot's fields only grow while it is taken; a released slot keeps its counts, and
  * the next owner adds to them, so sums never go backwards.
  * Readers sum every slot; while threads are mapping a sum is a snapshot, exact when all are idle.
  */
+import { threadId } from 'node:worker_threads';
 import { DmaError } from '../errors.js';
 
 export interface DmaCountersHandle {
@@ -72,6 +73,21 @@ export class DmaCounters {
     this.mine = null;
   }
 
+  /**
+   * The counts of the slot(s) thread `tid` holds, and frees them (their counts stay in the sums).
+   * Only for a thread that has ended; null when it holds none (it released them itself).
+   */
+  reclaimThread(tid: number): DmaCounterValues | null {
+    let out: DmaCounterValues | null = null;
+    for (let s = 0; s < SLOTS; s++) {
+      if (Atomics.load(this.owners, s) !== tid + 1 || s === this.slot) continue;
+      out ??= Object.fromEntries(DMA_COUNTER_FIELDS.map((k) => [k, 0])) as DmaCounterValues;
+      for (let f = 0; f < DMA_COUNTER_FIELDS.length; f++) out[DMA_COUNTER_FIELDS[f]] += this.all[s * (SLOT_BYTES / 8) + f];
+      Atomics.store(this.owners, s, 0);
+    }
+    return out;
+  }
+
   /** Sums over every slot. */
   read(): DmaCounterValues {
     const out = Object.fromEntries(DMA_COUNTER_FIELDS.map((k) => [k, 0])) as DmaCounterValues;
@@ -86,7 +102,7 @@ export class DmaCounters {
     if (this.mine) return this.mine;
     for (let s = 0; s < SLOTS; s++) {
       // ORDERING: taking the slot happens-after the previous owner's release, so its counts are seen.
-      if (Atomics.compareExchange(this.owners, s, 0, 1) === 0) {
+      if (Atomics.compareExchange(this.owners, s, 0, threadId + 1) === 0) {
         this.slot = s;
         this.mine = new Float64Array(this.handle.sab, SLOT_BYTES * (s + 1), SLOT_BYTES / 8);
         return this.mine;

@@ -7,13 +7,15 @@
 import { Piscina } from 'piscina';
 import { DmaError, DMA_ERROR_CODES, type DmaErrorCode } from '../errors.js';
 import { workerUrl } from '../worker-url.js';
-import type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult } from '../../workers/driver-task.js';
+import type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, MapAndDieTask } from '../../workers/driver-task.js';
 
-export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult };
+export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, MapAndDieTask };
 
 interface TaskTypes {
   mapBench: [MapBenchTask, MapBenchThreadResult];
   handoff: [HandoffTask, HandoffResult];
+  /** Fault injection: the thread dies holding mappings (the task always rejects). */
+  mapAndDie: [MapAndDieTask, never];
 }
 
 export const MAX_DRIVER_THREADS = 32;
@@ -23,7 +25,12 @@ export class DriverPool {
   private readonly pool: Piscina;
   private closing: Promise<void> | null = null;
 
-  constructor(options: { threads: number }) {
+  /**
+   * `onThreadExit` is called with a thread's id once it has ended, however (its task made it
+   * exit, it crashed, the pool retired or destroyed it): pass `(id) => m.reclaimDriverThread(id)`
+   * so the machine takes back the caches of a thread that died holding them.
+   */
+  constructor(options: { threads: number; onThreadExit?: (threadId: number, exitCode: number) => void }) {
     const { threads } = options;
     // Each thread takes one of the DMA API's 64 counter slots; the machine's own thread takes one.
     if (!Number.isInteger(threads) || threads < 1 || threads > MAX_DRIVER_THREADS) {
@@ -32,6 +39,18 @@ export class DriverPool {
     this.threads = threads;
     // One task per thread at a time: a task is a driver's whole loop, not a small job.
     this.pool = new Piscina({ filename: workerUrl('driver-task').href, minThreads: threads, maxThreads: threads, concurrentTasksPerWorker: 1, idleTimeout: 60_000 });
+    const onExit = options.onThreadExit;
+    if (onExit) {
+      const watched = new WeakSet<object>();
+      this.pool.on('workerCreate', () => {
+        for (const w of this.pool.threads) {
+          if (watched.has(w)) continue;
+          watched.add(w);
+          const id = w.threadId;
+          w.once('exit', (code: number) => onExit(id, code));
+        }
+      });
+    }
   }
 
   run<K extends keyof TaskTypes>(name: K, task: TaskTypes[K][0]): Promise<TaskTypes[K][1]> {

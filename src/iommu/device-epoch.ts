@@ -6,9 +6,20 @@
  *   [4d + 0] seen     (gen << 1) | busy: the invalidation generation of its domain the device
  *                     had processed when it last started a transfer, and whether it is inside one
  *   [4d + 1] waiters  unmappers sleeping on `seen` (so a device notifies only when somebody waits)
- *   [4d + 2] state    0 = free slot, 1 = alive, 2 = dead (never waited for)
+ *   [4d + 2] state    0 = free slot, 1 = alive, 2 = dead (never waited for), 3 = hung (declared
+ *                     by an unmapper's watchdog; never waited for again; its owner then fails
+ *                     the device, terminates its worker and marks it dead)
+ *   [4d + 3] timeout  ms an unmapper waits for this device before declaring it hung (0 = forever)
  * Writers: `seen` only by the device itself; `waiters` by unmappers (add/sub); `state` by the
- * machine. Generations are 30-bit counters compared modulo 2^30.
+ * machine, except alive → hung, which an unmapper's watchdog makes with compareExchange (so one
+ * unmapper declares it, and never over a dead or freed slot); `timeout` by the machine at claim.
+ * Generations are 30-bit counters compared modulo 2^30.
+ *
+ * Watchdog (Linux reports an IOTLB invalidation that does not complete as a hardware error,
+ * VT-d's Invalidation Time-out Error): a strict unmap never waits forever for a device that
+ * stopped making progress inside a transfer. Past `timeout` it marks the slot hung and returns.
+ * That is only safe because a hung device never moves another byte: the machine terminates its
+ * worker (device.ts), and the injected hang (device-worker.ts) sleeps until then.
  *
  * Protocol (device): store seen = (old << 1) | 1 BEFORE loading the domain's generation, process
  * invalidations, store seen = (gen << 1) | 1, do the transfer, store seen = gen << 1.
@@ -32,9 +43,11 @@ const WORDS = 4;
 const SEEN = 0;
 const WAITERS = 1;
 const STATE = 2;
+const TIMEOUT = 3;
 export const GEN_MASK = 0x3fffffff;
 const STATE_ALIVE = 1;
 const STATE_DEAD = 2;
+const STATE_HUNG = 3;
 /** How long an unmapper sleeps before re-checking a device's state (a dead device is skipped). */
 const WAIT_SLICE_MS = 20;
 
@@ -62,12 +75,16 @@ export class DeviceEpochs {
     this.slots = this.words.length / WORDS;
   }
 
-  /** Claims a free device slot. */
-  claim(): number {
+  /** Claims a free device slot; unmappers wait at most `timeoutMs` for it (0 = forever). */
+  claim(timeoutMs = 0): number {
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 0x7fffffff) {
+      throw new DmaError('EINVAL', `iommu.deviceTimeoutMs = ${String(timeoutMs)}: must be an integer number of ms in [0, 2^31)`);
+    }
     for (let d = 0; d < this.slots; d++) {
       // ORDERING: compareExchange makes exactly one claimer the owner of the slot.
       if (Atomics.compareExchange(this.words, d * WORDS + STATE, 0, STATE_ALIVE) === 0) {
         Atomics.store(this.words, d * WORDS + SEEN, 0);
+        Atomics.store(this.words, d * WORDS + TIMEOUT, timeoutMs);
         return d;
       }
     }
@@ -84,6 +101,11 @@ export class DeviceEpochs {
     Atomics.store(this.words, d * WORDS + STATE, STATE_DEAD);
     Atomics.store(this.words, d * WORDS + SEEN, 0);
     Atomics.notify(this.words, d * WORDS + SEEN);
+  }
+
+  /** The watchdog's timeout (ms) when an unmapper declared device d hung; null otherwise. */
+  hungAfter(d: number): number | null {
+    return Atomics.load(this.words, d * WORDS + STATE) === STATE_HUNG ? Atomics.load(this.words, d * WORDS + TIMEOUT) : null;
   }
 
   isBusy(d: number): boolean {
@@ -122,10 +144,23 @@ export class DeviceEpochs {
   waitFor(d: number, gen: number): void {
     const i = d * WORDS;
     const w = this.words;
+    let since = -1;
     for (;;) {
       const s = Atomics.load(w, i + SEEN);
       if ((s & 1) === 0 || genAtLeast(s >>> 1, gen)) return;
       if (Atomics.load(w, i + STATE) !== STATE_ALIVE) return;
+      const limit = Atomics.load(w, i + TIMEOUT);
+      if (limit > 0) {
+        const now = performance.now();
+        if (since < 0) since = now;
+        else if (now - since >= limit) {
+          // ORDERING: alive → hung by compareExchange: never over a slot marked dead or freed
+          // meanwhile; waking `seen` lets other unmappers see the new state at once.
+          Atomics.compareExchange(w, i + STATE, STATE_ALIVE, STATE_HUNG);
+          Atomics.notify(w, i + SEEN);
+          return;
+        }
+      }
       // ORDERING: waiters is raised before sleeping on `seen` == s; if the device already moved
       // on, Atomics.wait returns at once ("not-equal").
       Atomics.add(w, i + WAITERS, 1);

@@ -56,7 +56,7 @@
  *   [6]  N_SLOTS  [7] MAG_SIZE  [8] DEPOT_MAX  [9] N_MAGS  (configuration, written at creation)
  *   [10] POOL_TOP    empty magazines on the pool stack
  *   [11] RESERVED_PAGES pages reserve() took (page 0 not included)
- *   [16 ...]         slots, 16 words each: [0] OWNER (0 = free), [1] NET pages handed out minus
+ *   [16 ...]         slots, 16 words each: [0] OWNER (0 = free, else the owner's threadId + 1), [1] NET pages handed out minus
  *                    pages freed through this slot, [2..8) LOADED magazine per order,
  *                    [8..14) PREV magazine per order (a magazine is named by its word index)
  *   then             depot, per order: [0] count, [1..DEPOT_MAX] magazines (Linux's depot[])
@@ -70,7 +70,8 @@
  * magazines, 1 MiB of state bytes (untouched pages of a SharedArrayBuffer cost no memory).
  *
  * Who writes what:
- *   OWNER: claimed by compareExchange 0→1, freed by the owner's release() with Atomics.store.
+ *   OWNER: claimed by compareExchange 0→threadId+1, freed by the owner's release() with
+ *     Atomics.store, or by reclaimThread() once that thread is known dead (the mutex held).
  *   NET, LOADED, PREV and the magazines they name: the slot's owner only (plain stores). Others
  *     only read them, under the mutex, when flushing: reads of Int32 elements never tear, and a
  *     stale view only makes a flusher miss or skip entries, since every claim is a compareExchange.
@@ -101,6 +102,7 @@
  * reserve() ignores pages beyond the aperture and refuses ('EBUSY') to swallow a range a caller
  * holds, where reserve_iova would merge it into the reservation.
  */
+import { threadId } from 'node:worker_threads';
 import { DmaError, hex } from '../errors.js';
 import { FutexMutex } from '../shared/futex-mutex.js';
 import { PageBitmap } from '../shared/page-bitmap.js';
@@ -491,6 +493,35 @@ export class IovaAllocator {
     this.mutex.with(() => this.flushLocked());
   }
 
+  /**
+   * free_cpu_cached_iovas for a dead thread's "CPU": the cached ranges of every slot thread
+   * `tid` owned go back to the shared space, the pages it still held (its live mappings) move to
+   * HELD_PAGES, and the slot is free again. Only for a thread that has ended (a live owner writes
+   * its magazines without the mutex). Returns the cached pages freed.
+   */
+  reclaimThread(tid: number): number {
+    const w = this.w;
+    return this.mutex.with(() => {
+      const before = this.cachedPages();
+      let found = false;
+      for (let i = 0; i < this.nslots; i++) {
+        const sb = HEADER + i * SLOT_STRIDE;
+        if (Atomics.load(w, sb + OWNER) !== tid + 1 || sb === this.sb) continue;
+        found = true;
+        for (let k = 0; k < IOVA_RCACHE_ORDERS; k++) {
+          this.drainMagazine(w[sb + LOADED + k], true);
+          this.drainMagazine(w[sb + PREV + k], true);
+        }
+        Atomics.add(w, HELD_PAGES, w[sb + NET]);
+        Atomics.store(w, sb + NET, 0);
+        // ORDERING: as release(): the emptied slot is published by the OWNER store.
+        Atomics.store(w, sb + OWNER, 0);
+      }
+      if (found) Atomics.add(w, SLOT_GEN, 1);
+      return before - this.cachedPages();
+    });
+  }
+
   // ---- slots ----
 
   private claimSlot(): number {
@@ -503,7 +534,7 @@ export class IovaAllocator {
       const sb = HEADER + i * SLOT_STRIDE;
       // ORDERING: the compareExchange reads the 0 that the last owner's release() stored after
       // emptying the slot's magazines, so this thread sees them empty.
-      if (Atomics.load(w, sb + OWNER) === 0 && Atomics.compareExchange(w, sb + OWNER, 0, 1) === 0) {
+      if (Atomics.load(w, sb + OWNER) === 0 && Atomics.compareExchange(w, sb + OWNER, 0, threadId + 1) === 0) {
         this.sb = sb;
         const twin = new IovaAllocator(this.handle);
         twin.sb = sb;
