@@ -172,6 +172,34 @@ function splitLen(r: Prng, len: number, parts: number): number[] {
   return out;
 }
 
+/**
+ * The operations (DMA API calls and DMA requests) an op is planned to issue when all goes as
+ * expected; a pure function of the op, so an `--ops` budget counted with it stops every thread
+ * at the same point of its sequence whatever the timing (copy-sg counts one DMA per entry, the
+ * IOMMU may merge them into fewer).
+ */
+export function plannedOperations(op: StressOp, mode: StressMode): number {
+  const syncs = op.syncs ? 1 : 0;
+  switch (op.kind) {
+    case 'copy':
+      return 5 + 2 * syncs;
+    case 'copy-sg':
+      return 4 + op.sg.length + syncs;
+    case 'coherent-fill':
+      return 3;
+    case 'sync-reuse':
+      return 8 + syncs;
+    case 'dma-unmapped':
+      return 1;
+    case 'dma-to-device-mapping':
+      return 3;
+    case 'use-after-unmap':
+      return mode === 'lazy' ? 6 : 4;
+    case 'unmap-in-flight':
+      return 3;
+  }
+}
+
 /** A compact, address-free description of an op (what the per-thread op logs compare). */
 export function describeOp(op: StressOp): string {
   const sg = op.sg.length ? ` sg=[${op.sg.join(',')}]` : '';

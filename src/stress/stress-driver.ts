@@ -16,7 +16,7 @@ import type { DmaDirection } from '../dma/direction.js';
 import { DmaError, hex } from '../errors.js';
 import { GiB, pa as toPa, type Pa } from '../addresses.js';
 import type { RamBuffer } from '../memory/guest-ram.js';
-import { OpStream, describeOp, STRESS_OP_KINDS, type StressMode, type StressOp, type StressOpKind } from './op-generator.js';
+import { OpStream, describeOp, plannedOperations, STRESS_OP_KINDS, type StressMode, type StressOp, type StressOpKind } from './op-generator.js';
 import { StressChannel, REQ_FILL, type ChannelCompletion, type StressChannelHandle } from './stress-channel.js';
 import { EventHistory, type EventKey, type StressEvent } from './event-history.js';
 import { emptyInvariantCounts, type InvariantName, type Violation } from './invariants.js';
@@ -34,7 +34,7 @@ export interface StressDriverTask {
   bdfs: string[];
   seed: number;
   mode: StressMode;
-  /** Stop starting ops once this many operations were done (0: until the channel says stop). */
+  /** Stop starting ops once their planned operations reach this (0: until the channel says stop). */
   maxOps: number;
   /** Ops in flight at once. */
   window: number;
@@ -152,16 +152,18 @@ class StressDriver {
     const stream = new OpStream({ seed: t.seed, thread: t.thread, threads: t.threads, devices: t.bdfs.length, mode: t.mode });
     let pending: StressOp | null = null;
     let exhausted = false;
+    let planned = 0;
     try {
       for (;;) {
         // Start ops while the window has room; an exclusive op waits until nothing else is in flight.
         while (!exhausted && !this.exclusiveRunning && this.active < t.window) {
           if (!pending) {
-            if (this.ch.stopped() || (t.maxOps > 0 && this.r.operations >= t.maxOps)) {
+            if (this.ch.stopped() || (t.maxOps > 0 && planned >= t.maxOps)) {
               exhausted = true;
               break;
             }
             pending = stream.next();
+            planned += plannedOperations(pending, t.mode);
             this.noteOp(pending);
           }
           if (pending.exclusive && this.active > 0) break;

@@ -27,7 +27,7 @@ export interface StressOptions {
   seed?: number;
   /** Run this long (seconds) … */
   durationS?: number;
-  /** … or until this many operations (DMA API calls and DMA requests, all threads together). */
+  /** … or until this many operations (DMA API calls and DMA requests, all threads together; counted as each op plans them, so the per-thread op sequences are the same every time). */
   ops?: number;
   devices?: number;
   driverThreads?: number;
