@@ -84,6 +84,8 @@ export interface StressSummary {
   staleWrites: number;
   racesWonByDma: number;
   resourceShortages: number;
+  /** Bytes the CPU copied through SWIOTLB slots (mode off: 32-bit device, buffers above 4 GiB). */
+  bouncedBytes: number;
   /** Invariant violations (0 when all held). */
   violations: number;
   invariants: Record<InvariantName, number>;
@@ -293,6 +295,7 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
       staleWrites: sum('staleWrites'),
       racesWonByDma: sum('racesWonByDma'),
       resourceShortages: sum('resourceShortages'),
+      bouncedBytes: s1.bouncedBytes,
       violations: nViolations,
       invariants: counts,
       violationDetails: violations.slice(0, 50),
