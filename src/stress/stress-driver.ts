@@ -175,7 +175,8 @@ class StressDriver {
           if (exhausted) break;
           continue;
         }
-        if (this.live.size === 0) continue; // every active op is between requests (cannot happen: ops always yield or end)
+        // An active op either waits on a request or has ended: anything else is a bug here, not a spin.
+        if (this.live.size === 0) throw new Error(`stress driver ${t.thread}: ${this.active} ops active but no request in flight`);
         this.awaitCompletion();
       }
     } finally {
