@@ -5,6 +5,7 @@
 import { Command, Option } from 'commander';
 import { runDefaultScenario, formatRunSummary, DEFAULT_RUN, type RunOptions } from '../src/cli/run.js';
 import { registerGroupsCommand } from '../src/cli/groups.js';
+import { registerStressCommand } from '../src/cli/stress-command.js';
 import { DmaError } from '../src/errors.js';
 
 const program = new Command();
@@ -38,6 +39,7 @@ program
   });
 
 registerGroupsCommand(program);
+registerStressCommand(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof DmaError) {

@@ -49,3 +49,8 @@ export { MachinePci, BAR_BACKING_MAX } from './machine-topology.js';
 export type { Placement, ReservedIovaRange } from './machine-topology.js';
 export { Vfio, VfioContainer, VfioGroup, VfioDevice, MSI_WINDOW, VFIO_PGSIZE, VFIO_IOMMU_TYPES, DRIVER_MANAGED_DMA } from './vfio/index.js';
 export type { VfioIommuType, VfioDmaMap, VfioDmaUnmap, VfioDmaMapping, VfioContainerOptions, VfioIommuInfo, VfioGroupStatus } from './vfio/index.js';
+export { stress, STRESS_DEFAULTS } from './stress/stress.js';
+export type { StressOptions, StressSummary, StressDeviceSummary } from './stress/stress.js';
+export type { StressMode, StressOp, StressOpKind } from './stress/op-generator.js';
+export type { InvariantName, Violation } from './stress/invariants.js';
+export type { StressEvent } from './stress/event-history.js';
