@@ -36,7 +36,7 @@ import {
   decodeDescriptor,
   encodeCompletion,
 } from '../src/device/rings.js';
-import type { DeviceModel, ModelName } from '../src/device/device-model.js';
+import { DEFERRED, type DeviceModel, type ModelName, type ModelOptions } from '../src/device/device-model.js';
 import { MODELS } from './models/index.js';
 
 export interface DeviceWorkerConfig {
@@ -48,6 +48,8 @@ export interface DeviceWorkerConfig {
   /** DMA addresses and depths of the rings, as the driver programmed them. */
   sq: { dma: number; depth: number };
   cq: { dma: number; depth: number };
+  /** Per-model options (the nvme model's media, the nic model's wire). */
+  options?: ModelOptions;
 }
 
 export interface DeviceWorkerApi {
@@ -56,6 +58,9 @@ export interface DeviceWorkerApi {
 }
 
 const IDLE_SLICE_MS = 100;
+const STEP_OK = 0;
+const STEP_STOPPED = 1;
+const STEP_FAILED = 2;
 
 class DeviceRunner {
   private readonly control: DeviceControl;
@@ -67,8 +72,8 @@ class DeviceRunner {
   private readonly sqeView = new DataView(this.sqe.buffer);
   private readonly cqe = new Uint8Array(CQE_SIZE);
   private readonly cqeView = new DataView(this.cqe.buffer);
-  private readonly desc: Descriptor = { src: 0, dst: 0, len: 0, flags: 0, id: 0 };
-  private readonly comp: CompletionEntry = { id: 0, status: 0, bytes: 0, faultReason: 0, faultAddr: 0, faultWrite: false };
+  private readonly desc: Descriptor = { src: 0, dst: 0, len: 0, flags: 0, id: 0, arg: 0 };
+  private readonly comp: CompletionEntry = { id: 0, status: 0, bytes: 0, faultReason: 0, faultAddr: 0, faultWrite: false, result: 0 };
   private sqHead = 0;
   private cqTail = 0;
   /** Ring DMA addresses in use, and the RING_GEN they were read at (device-control.ts). */
@@ -83,7 +88,7 @@ class DeviceRunner {
     this.engine = new DmaEngine(cfg.engine);
     const factory = MODELS[cfg.model];
     if (!factory) throw new Error(`unknown device model ${cfg.model}`);
-    this.model = factory({ engine: this.engine, dmaMaskBits: cfg.dmaMaskBits });
+    this.model = factory({ engine: this.engine, dmaMaskBits: cfg.dmaMaskBits, queueDepth: cfg.sq.depth, options: cfg.options ?? {} });
     this.sqDma = cfg.sq.dma;
     this.cqDma = cfg.cq.dma;
     this.ringGen = this.control.ringGen();
@@ -138,8 +143,10 @@ class DeviceRunner {
         }
         // One descriptor at a time, checking STOP and CTRL between them.
         while (this.sqHead !== tail && Atomics.load(ctl, STOP) === 0 && Atomics.load(ctl, CTRL) === 0) {
+          // Room for this descriptor's completion, waited for outside the transfer epoch.
           if (!this.waitForCompletionSpace()) return this.finish(STATE_STOPPED);
-          if (!this.step()) return this.finish(STATE_FAILED);
+          const r = this.step();
+          if (r !== STEP_OK) return this.finish(r === STEP_STOPPED ? STATE_STOPPED : STATE_FAILED);
         }
       }
     } catch (e) {
@@ -149,15 +156,16 @@ class DeviceRunner {
     }
   };
 
-  /** One descriptor: fetch by DMA, execute, complete by DMA. False if the device must stop. */
-  private step(): boolean {
+  /** One descriptor: fetch by DMA, execute, complete by DMA (its own and any deferred ones). */
+  private step(): number {
     const e = this.engine;
-    const { sq, cq } = this.cfg;
+    const { sq } = this.cfg;
+    const firstTail = this.cqTail;
     e.begin();
     try {
       if (!e.translate(this.sqDma + (this.sqHead % sq.depth) * SQE_SIZE, SQE_SIZE, false, this.runs)) {
         this.error = `${this.cfg.name}: cannot fetch descriptor ${this.sqHead} from the submission ring at ${hexs(this.sqDma)}: DMA fault (${faultText(e)})`;
-        return false;
+        return STEP_FAILED;
       }
       const dv = e.ram.dataView;
       if (dv !== null && this.runs.count === 1 && this.runs.bar === null) {
@@ -166,33 +174,55 @@ class DeviceRunner {
         e.readRuns(this.runs, this.sqe);
         decodeDescriptor(this.sqeView, 0, this.desc);
       }
-      this.model.process(this.desc, this.comp);
-      if (!e.translate(this.cqDma + (this.cqTail % cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
-        this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(this.cqDma)}: DMA fault (${faultText(e)})`;
-        return false;
-      }
-      if (dv !== null && this.runs.count === 1 && this.runs.bar === null) {
-        encodeCompletion(dv, this.runs.offs[0], this.comp);
-      } else {
-        encodeCompletion(this.cqeView, 0, this.comp);
-        e.writeRuns(this.runs, this.cqe);
+      this.comp.result = 0;
+      const r = this.writeCompletion(this.model.process(this.desc, this.comp) === DEFERRED ? null : this.comp);
+      if (r !== STEP_OK) return r;
+      const later = this.model.takeCompleted?.();
+      if (later) {
+        for (const c of later) {
+          const w = this.writeCompletion(c);
+          if (w !== STEP_OK) return w;
+        }
       }
     } finally {
       e.end();
     }
     this.control.stats.set(e.counts);
     this.sqHead = (this.sqHead + 1) | 0;
-    this.cqTail = (this.cqTail + 1) | 0;
     const ctl = this.ctl;
     Atomics.store(ctl, SQ_HEAD, this.sqHead);
-    // ORDERING: CQ_TAIL publishes the completion entry written above; DRV_WAITING is read after
-    // it (Dekker with the driver's DRV_WAITING store then CQ_TAIL load).
+    if (this.cqTail === firstTail) return STEP_OK;
+    // ORDERING: CQ_TAIL publishes the completion entries written above; DRV_WAITING is read
+    // after it (Dekker with the driver's DRV_WAITING store then CQ_TAIL load).
     Atomics.store(ctl, CQ_TAIL, this.cqTail);
     if (Atomics.load(ctl, DRV_WAITING) !== 0) Atomics.notify(ctl, CQ_TAIL);
-    return true;
+    return STEP_OK;
   }
 
-  /** The driver keeps at most `depth` descriptors outstanding, so this rarely waits. */
+  /** Writes one completion entry by DMA at the (unpublished) tail; null: nothing to write. */
+  private writeCompletion(c: CompletionEntry | null): number {
+    if (c === null) return STEP_OK;
+    if (!this.waitForCompletionSpace()) return STEP_STOPPED;
+    const e = this.engine;
+    if (!e.translate(this.cqDma + (this.cqTail % this.cfg.cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
+      this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(this.cqDma)}: DMA fault (${faultText(e)})`;
+      return STEP_FAILED;
+    }
+    const dv = e.ram.dataView;
+    if (dv !== null && this.runs.count === 1 && this.runs.bar === null) {
+      encodeCompletion(dv, this.runs.offs[0], c);
+    } else {
+      encodeCompletion(this.cqeView, 0, c);
+      e.writeRuns(this.runs, this.cqe);
+    }
+    this.cqTail = (this.cqTail + 1) | 0;
+    return STEP_OK;
+  }
+
+  /**
+   * The driver keeps at most `depth` descriptors outstanding and each completes once, so
+   * completions not yet reaped never exceed the ring: this rarely waits.
+   */
   private waitForCompletionSpace(): boolean {
     const ctl = this.ctl;
     for (;;) {
