@@ -200,6 +200,23 @@ describe('nic and nvme: the verified-I/O entry points for workloads', () => {
     await drv.close();
   });
 
+  it('an RX buffer the IOMMU does not map: the frame is lost, the RX completes "fault", nothing written', async () => {
+    const m = await machine();
+    const { drv, dev } = await nic(m);
+    const tx = m.dma.mapSg(dev, [{ pa: m.ram.alloc(PAGE).pa, len: PAGE }], 'to-device');
+    const rxBuf = m.ram.alloc(PAGE);
+    m.ram.fill(rxBuf.pa, PAGE, 0x42);
+    const rx = m.dma.mapSg(dev, [{ pa: rxBuf.pa, len: PAGE }], 'from-device');
+    const broken = { ...rx, segments: [{ addr: rx.segments[0].addr, len: 1024 }, { addr: dmaAddr(2 ** 40), len: 1024 }] };
+    const io = await drv.verifiedIo({ tx, rx: broken, len: 2000 });
+    expect(io).toEqual({ verified: false, bytes: 2000, detail: 'RX fault' });
+    expect(allBytes(m.ram.read(rxBuf.pa, PAGE), 0x42)).toBe(true); // not even the first, mapped buffer
+    expect(dev.counters()).toMatchObject({ bytesRead: 2000, bytesWritten: 0, faults: 1, rxMissed: 0 });
+    m.dma.unmapSg(dev, tx);
+    m.dma.unmapSg(dev, rx);
+    await drv.close();
+  });
+
   it('nic.verifiedIo reports a TX fault as not verified', async () => {
     const m = await machine();
     const { drv, dev } = await nic(m);

@@ -13,7 +13,7 @@ import { DmaError, hex } from '../errors.js';
 import type { DmaSegment, DmaSgTable, SgEntry } from '../dma/dma-api.js';
 import { DmaPool, type DmaPoolBlock } from '../dma/dma-pool.js';
 import type { Completion, Device } from './device.js';
-import type { DriverHost } from './nvme.js';
+import type { DriverHost } from './driver-host.js';
 import { NIC_MAX_FRAME, NIC_MAX_SG, NIC_OP_RX, NIC_OP_RX_RESET, NIC_OP_TX, NIC_SG_ENTRY_SIZE, NIC_SG_TABLE_SIZE, encodeSgEntry } from './nic-command.js';
 import { crc32 } from './crc32.js';
 import { firstDifference, ioPattern, readEntries, truncate, writeEntries } from './io-check.js';
@@ -146,7 +146,7 @@ export class NicDriver {
     this.checkOpen('verifiedIo');
     const { tx, rx, len } = io;
     const txHave = tx.entries.reduce((s, e) => s + e.len, 0);
-    const rxHave = rx.entries.reduce((s, e) => s + e.len, 0);
+    const rxHave = this.checkSegments('verifiedIo', rx.segments); // what the device is told
     if (!Number.isInteger(len) || len <= 0 || len > Math.min(txHave, rxHave, NIC_MAX_FRAME)) {
       throw new DmaError('EINVAL', `nic ${this.dev.bdf}: verifiedIo length ${String(len)} must be in [1, ${Math.min(txHave, rxHave, NIC_MAX_FRAME)}] (the mapped buffers, one frame)`);
     }
@@ -155,7 +155,6 @@ export class NicDriver {
     const want = ioPattern(len, io.seed ?? 0);
     writeEntries(this.host.ram, tx, want);
     this.host.dma.syncForDevice(this.dev, tx);
-    this.checkSegments('verifiedIo', rx.segments);
     const rxTable = this.writeTable(rx.segments);
     let rc: Completion;
     let tc: Completion;

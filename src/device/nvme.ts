@@ -13,10 +13,10 @@
  */
 import { DmaError, hex } from '../errors.js';
 import type { DmaAddr } from '../addresses.js';
-import type { GuestRam } from '../memory/guest-ram.js';
-import type { DmaApi, DmaSegment, DmaSgTable, SgEntry } from '../dma/dma-api.js';
+import type { DmaSegment, DmaSgTable, SgEntry } from '../dma/dma-api.js';
 import { DmaPool, type DmaPoolBlock } from '../dma/dma-pool.js';
 import type { Completion, Device } from './device.js';
+import type { DriverHost } from './driver-host.js';
 import { firstDifference, ioPattern, readEntries, truncate, writeEntries } from './io-check.js';
 import {
   NVME_CTRL_PAGE_SIZE,
@@ -29,12 +29,6 @@ import {
   NVME_SC_LBA_RANGE,
   nvmeStatusName,
 } from './nvme-command.js';
-
-/** What a driver needs of its machine (a Machine is one). */
-export interface DriverHost {
-  readonly dma: DmaApi;
-  readonly ram: GuestRam;
-}
 
 /** One namespace as the host sees it (Linux: struct nvme_ns). */
 export interface NvmeNamespace {
