@@ -173,6 +173,14 @@ describe('nic: TX gathers, RX scatters, the loopback wire joins them', () => {
     expect(dev.inFlight()).toBe(0);
   });
 
+  it('a machine closed with RX buffers still posted ends cleanly; receive() then reports the device closed', async () => {
+    const m = await machine();
+    const { drv } = await nic(m);
+    drv.postRx([{ pa: m.ram.alloc(PAGE).pa, len: PAGE }]);
+    await m.close();
+    await expect(drv.receive()).rejects.toMatchObject({ code: 'EIO' });
+  });
+
   it('postRx keeps one ring slot for TX', async () => {
     const m = await machine();
     const { drv } = await nic(m); // queueDepth 16

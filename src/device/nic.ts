@@ -120,10 +120,19 @@ export class NicDriver {
     let c: Completion;
     try {
       c = await p.done;
-    } finally {
+    } catch (e) {
+      // The device failed or was closed: give the buffers back if the DMA API still can, and
+      // report the device's error (a closed machine took its mappings with it).
       this.tables.release(p.table);
-      this.host.dma.unmapSg(this.dev, p.sg); // syncs bounced bytes back for the CPU
+      try {
+        this.host.dma.unmapSg(this.dev, p.sg);
+      } catch (u) {
+        if (!(u instanceof DmaError && u.code === 'ESHUTDOWN')) throw u; // closed: nothing left to unmap
+      }
+      throw e;
     }
+    this.tables.release(p.table);
+    this.host.dma.unmapSg(this.dev, p.sg); // syncs bounced bytes back for the CPU
     const ok = c.status === 'ok';
     const frame: NicRxFrame = {
       status: c.status,
@@ -199,6 +208,8 @@ export class NicDriver {
     const table = this.writeTable(sg.segments);
     // submit() posts synchronously (there is room), so RX and later TX keep their order.
     const done = this.dev.submit(table.addr, 0, len, NIC_OP_RX, sg.segments.length);
+    // Observed by receive(); a device closed first rejects it, which must not go unhandled meanwhile.
+    done.catch(() => undefined);
     this.rx.push({ done, sg, table });
   }
 
