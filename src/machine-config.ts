@@ -6,6 +6,26 @@ import { DmaError } from './errors.js';
 import { isBitMask } from './addresses.js';
 import { DEFAULT_RAM } from './memory/guest-ram.js';
 import { MODEL_NAMES } from './device/device-model.js';
+import { NVME_LBA_SIZES } from './device/nvme-command.js';
+
+/** The nvme model's namespace. */
+export const nvmeOptionsSchema = z
+  .object({
+    /** Logical block size: 512 or 4096 bytes. */
+    lbaSize: z.union([z.literal(NVME_LBA_SIZES[0]), z.literal(NVME_LBA_SIZES[1])]).default(512),
+    /** Namespace capacity in bytes (a multiple of lbaSize; at most 2^32 blocks and 1 GiB). */
+    size: z.number().int().positive().max(1 << 30).default(16 * 1024 * 1024),
+  })
+  .strict()
+  .refine((o) => o.size % o.lbaSize === 0, { message: 'size must be a multiple of lbaSize', path: ['size'] });
+
+/** The nic model's wire. */
+const nicOptionsSchema = z
+  .object({
+    /** loopback: a transmitted frame is received into the next posted RX buffers. */
+    wire: z.enum(['loopback']).default('loopback'),
+  })
+  .strict();
 
 const pow2 = (min: number, max: number) =>
   z
@@ -112,8 +132,17 @@ export const deviceConfigSchema = z
       .max(0xffff)
       .refine(isBitMask, { message: 'must be 2^n - 1' })
       .default(0),
+    /** model 'nvme': its namespace (defaults when absent). */
+    nvme: nvmeOptionsSchema.optional(),
+    /** model 'nic': its wire (defaults when absent). */
+    nic: nicOptionsSchema.optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((d, ctx) => {
+    for (const m of ['nvme', 'nic'] as const) {
+      if (d[m] !== undefined && d.model !== m) ctx.addIssue({ code: 'custom', path: [m], message: `only for model '${m}' (the device's model is '${d.model}')` });
+    }
+  });
 
 export type MachineConfig = z.input<typeof machineConfigSchema>;
 export type ResolvedMachineConfig = z.output<typeof machineConfigSchema>;

@@ -10,6 +10,7 @@ import type { FaultAccess, FaultReason } from './iommu/fault-ring.js';
 import { Iotlb } from './iommu/iotlb.js';
 import { Device } from './device/device.js';
 import type { DeviceCounters } from './device/device-control.js';
+import type { ModelOptions } from './device/device-model.js';
 import { SQE_SIZE, CQE_SIZE, type RingPlacement } from './device/rings.js';
 import { DmaApi, type DmaApiStats, type DmaCoherent, type DmaDevice, type InvalidationMode } from './dma/dma-api.js';
 import { Swiotlb } from './dma/swiotlb.js';
@@ -24,6 +25,7 @@ import { MachineTrace } from './trace/machine-trace.js';
 import {
   machineConfigSchema,
   deviceConfigSchema,
+  nvmeOptionsSchema,
   parseConfig,
   type MachineConfig,
   type DeviceConfig,
@@ -127,6 +129,16 @@ interface DeviceRecord {
   placement: Placement;
 }
 
+/** What a model starts with: the nvme namespace's media (a new, zeroed SharedArrayBuffer), the nic's wire. */
+function modelOptions(cfg: ResolvedDeviceConfig): ModelOptions {
+  if (cfg.model === 'nvme') {
+    const o = cfg.nvme ?? nvmeOptionsSchema.parse({});
+    return { nvme: { lbaSize: o.lbaSize, media: new SharedArrayBuffer(o.size) } };
+  }
+  if (cfg.model === 'nic') return { nic: { wire: cfg.nic?.wire ?? 'loopback' } };
+  return {};
+}
+
 export class Machine {
   readonly ram: GuestRam;
   readonly dma: DmaApi;
@@ -216,6 +228,8 @@ export class Machine {
   async addDevice(config: DeviceConfig): Promise<Device> {
     this.checkOpen('addDevice');
     const cfg = parseConfig(deviceConfigSchema, config, 'device');
+    // nvme_pci_alloc_dev: dma_set_min_align_mask(NVME_CTRL_PAGE_SIZE - 1), so bounced PRPs keep their offsets.
+    if (cfg.model === 'nvme' && config.minAlignMask === undefined) cfg.minAlignMask = 4095;
     const b = parseBdf(cfg.bdf);
     if (!b) throw new DmaError('EINVAL', `device.bdf: ${JSON.stringify(cfg.bdf)} is not a PCI address (BB:DD.F or DDDD:BB:DD.F)`);
     const bdf = formatBdf(b);
@@ -281,6 +295,7 @@ export class Machine {
         p2p: placement.p2p,
         bars: placement.bars,
         trace: this.trace?.rings.handle ?? null,
+        modelOptions: modelOptions(cfg),
       });
       if (this.closing) {
         // close() began while the worker started: it waits for this add, which takes itself back.

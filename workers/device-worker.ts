@@ -50,7 +50,7 @@ import {
   decodeDescriptor,
   encodeCompletion,
 } from '../src/device/rings.js';
-import type { DeviceModel, ModelName } from '../src/device/device-model.js';
+import { DEFERRED, type DeviceModel, type ModelName, type ModelOptions } from '../src/device/device-model.js';
 import { MODELS } from './models/index.js';
 import { TraceRings, TRACE_KIND, type TraceRingsHandle, type TraceWriter } from '../src/trace/trace-ring.js';
 
@@ -65,6 +65,8 @@ export interface DeviceWorkerConfig {
   cq: { dma: number; depth: number };
   /** The machine's trace rings (null: tracing off): the device claims its own ring at start. */
   trace: TraceRingsHandle | null;
+  /** Per-model options (the nvme model's media, the nic model's wire). */
+  options?: ModelOptions;
 }
 
 export interface DeviceWorkerApi {
@@ -76,6 +78,10 @@ const IDLE_SLICE_MS = 100;
 /** Exit code of an injected 'terminate' (EX_SOFTWARE). */
 const EXIT_CODE_INJECTED = 70;
 
+const STEP_OK = 0;
+const STEP_STOPPED = 1;
+const STEP_FAILED = 2;
+
 class DeviceRunner {
   private readonly control: DeviceControl;
   private readonly ctl: Int32Array;
@@ -86,8 +92,8 @@ class DeviceRunner {
   private readonly sqeView = new DataView(this.sqe.buffer);
   private readonly cqe = new Uint8Array(CQE_SIZE);
   private readonly cqeView = new DataView(this.cqe.buffer);
-  private readonly desc: Descriptor = { src: 0, dst: 0, len: 0, flags: 0, id: 0 };
-  private readonly comp: CompletionEntry = { id: 0, status: 0, bytes: 0, faultReason: 0, faultAddr: 0, faultWrite: false };
+  private readonly desc: Descriptor = { src: 0, dst: 0, len: 0, flags: 0, id: 0, arg: 0 };
+  private readonly comp: CompletionEntry = { id: 0, status: 0, bytes: 0, faultReason: 0, faultAddr: 0, faultWrite: false, result: 0 };
   private sqHead = 0;
   private cqTail = 0;
   /** Ring DMA addresses in use, and the RING_GEN they were read at (device-control.ts). */
@@ -104,7 +110,7 @@ class DeviceRunner {
     this.engine = new DmaEngine(cfg.engine);
     const factory = MODELS[cfg.model];
     if (!factory) throw new Error(`unknown device model ${cfg.model}`);
-    this.model = factory({ engine: this.engine, dmaMaskBits: cfg.dmaMaskBits });
+    this.model = factory({ engine: this.engine, dmaMaskBits: cfg.dmaMaskBits, queueDepth: cfg.sq.depth, options: cfg.options ?? {} });
     this.sqDma = cfg.sq.dma;
     this.cqDma = cfg.cq.dma;
     this.ringGen = this.control.ringGen();
@@ -161,8 +167,10 @@ class DeviceRunner {
         }
         // One descriptor at a time, checking STOP and CTRL between them.
         while (this.sqHead !== tail && Atomics.load(ctl, STOP) === 0 && Atomics.load(ctl, CTRL) === 0) {
+          // Room for this descriptor's completion, waited for outside the transfer epoch.
           if (!this.waitForCompletionSpace()) return this.finish(STATE_STOPPED);
-          if (!(this.trace === null ? this.step() : this.tracedStep(this.trace))) return this.finish(STATE_FAILED);
+          const r = this.trace === null ? this.step() : this.tracedStep(this.trace);
+          if (r !== STEP_OK) return this.finish(r === STEP_STOPPED ? STATE_STOPPED : STATE_FAILED);
         }
       }
     } catch (e) {
@@ -172,22 +180,23 @@ class DeviceRunner {
     }
   };
 
-  /** One descriptor: fetch by DMA, execute, complete by DMA, publish. False if the device must stop. */
-  private step(): boolean {
-    if (!this.execute()) return false;
-    this.publish();
-    return true;
+  /** One descriptor: fetch by DMA, execute, complete by DMA (its own and any deferred ones), publish. */
+  private step(): number {
+    const firstTail = this.cqTail;
+    const r = this.execute();
+    if (r === STEP_OK) this.publish(firstTail);
+    return r;
   }
 
-  /** Fetches, executes and writes the completion of one descriptor (not yet published). */
-  private execute(): boolean {
+  /** Fetches and executes one descriptor and writes its completions (not yet published). */
+  private execute(): number {
     const e = this.engine;
-    const { sq, cq } = this.cfg;
+    const { sq } = this.cfg;
     e.begin();
     try {
       if (!e.translate(this.sqDma + (this.sqHead % sq.depth) * SQE_SIZE, SQE_SIZE, false, this.runs)) {
         this.error = `${this.cfg.name}: cannot fetch descriptor ${this.sqHead} from the submission ring at ${hexs(this.sqDma)}: DMA fault (${faultText(e)})`;
-        return false;
+        return STEP_FAILED;
       }
       const dv = e.ram.dataView;
       if (dv !== null && this.runs.count === 1 && this.runs.bar === null) {
@@ -198,32 +207,31 @@ class DeviceRunner {
       }
       const injected = this.control.injected(this.sqHead);
       if (injected !== 0) this.suffer(injected);
-      this.model.process(this.desc, this.comp);
-      if (!e.translate(this.cqDma + (this.cqTail % cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
-        this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(this.cqDma)}: DMA fault (${faultText(e)})`;
-        return false;
-      }
-      if (dv !== null && this.runs.count === 1 && this.runs.bar === null) {
-        encodeCompletion(dv, this.runs.offs[0], this.comp);
-      } else {
-        encodeCompletion(this.cqeView, 0, this.comp);
-        e.writeRuns(this.runs, this.cqe);
+      this.comp.result = 0;
+      const r = this.writeCompletion(this.model.process(this.desc, this.comp) === DEFERRED ? null : this.comp);
+      if (r !== STEP_OK) return r;
+      const later = this.model.takeCompleted?.();
+      if (later) {
+        for (const c of later) {
+          const w = this.writeCompletion(c);
+          if (w !== STEP_OK) return w;
+        }
       }
     } finally {
       e.end();
     }
-    return true;
+    return STEP_OK;
   }
 
-  /** Publishes the completion execute() wrote (and the counters with it). */
-  private publish(): void {
+  /** Publishes what execute() wrote: SQ_HEAD, the completions from `firstTail` on, the counters. */
+  private publish(firstTail: number): void {
     this.control.stats.set(this.engine.counts);
     this.sqHead = (this.sqHead + 1) | 0;
-    this.cqTail = (this.cqTail + 1) | 0;
     const ctl = this.ctl;
     Atomics.store(ctl, SQ_HEAD, this.sqHead);
-    // ORDERING: CQ_TAIL publishes the completion entry written above; DRV_WAITING is read after
-    // it (Dekker with the driver's DRV_WAITING store then CQ_TAIL load).
+    if (this.cqTail === firstTail) return; // deferred: completes in a later step
+    // ORDERING: CQ_TAIL publishes the completion entries written above; DRV_WAITING is read
+    // after it (Dekker with the driver's DRV_WAITING store then CQ_TAIL load).
     Atomics.store(ctl, CQ_TAIL, this.cqTail);
     if (Atomics.load(ctl, DRV_WAITING) !== 0) Atomics.notify(ctl, CQ_TAIL);
   }
@@ -233,17 +241,18 @@ class DeviceRunner {
    * that far), recorded before the completion is published: a driver that saw the completion
    * finds the slice in the ring.
    */
-  private tracedStep(tr: TraceWriter): boolean {
+  private tracedStep(tr: TraceWriter): number {
     const k = this.engine.counts;
     const before = k[STAT.descriptors];
+    const firstTail = this.cqTail;
     const t0 = tr.now();
-    const ok = this.execute();
+    const r = this.execute();
     if (k[STAT.descriptors] !== before) {
       const d = this.desc;
       tr.slice(TRACE_KIND.transfer, t0, d.src, d.dst, d.len, (this.comp.status & 0xff) | ((d.flags & 0xffff) << 8));
     }
-    if (ok) this.publish();
-    return ok;
+    if (r === STEP_OK) this.publish(firstTail);
+    return r;
   }
 
   /** An injected fault, inside the current transfer (see the header). */
@@ -261,7 +270,30 @@ class DeviceRunner {
     }
   }
 
-  /** The driver keeps at most `depth` descriptors outstanding, so this rarely waits. */
+  /** Writes one completion entry by DMA at the (unpublished) tail; null: nothing to write. */
+  private writeCompletion(c: CompletionEntry | null): number {
+    if (c === null) return STEP_OK;
+    if (!this.waitForCompletionSpace()) return STEP_STOPPED;
+    const e = this.engine;
+    if (!e.translate(this.cqDma + (this.cqTail % this.cfg.cq.depth) * CQE_SIZE, CQE_SIZE, true, this.runs)) {
+      this.error = `${this.cfg.name}: cannot write completion ${this.cqTail} to the completion ring at ${hexs(this.cqDma)}: DMA fault (${faultText(e)})`;
+      return STEP_FAILED;
+    }
+    const dv = e.ram.dataView;
+    if (dv !== null && this.runs.count === 1 && this.runs.bar === null) {
+      encodeCompletion(dv, this.runs.offs[0], c);
+    } else {
+      encodeCompletion(this.cqeView, 0, c);
+      e.writeRuns(this.runs, this.cqe);
+    }
+    this.cqTail = (this.cqTail + 1) | 0;
+    return STEP_OK;
+  }
+
+  /**
+   * The driver keeps at most `depth` descriptors outstanding and each completes once, so
+   * completions not yet reaped never exceed the ring: this rarely waits.
+   */
   private waitForCompletionSpace(): boolean {
     const ctl = this.ctl;
     for (;;) {

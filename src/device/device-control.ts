@@ -81,6 +81,8 @@ export const STATS = [
   /** Transfers routed peer-to-peer to another function's BAR (never seen by the IOMMU). */
   'p2pTransfers',
   'p2pBytes',
+  /** nic: frames that arrived with no RX buffer posted, dropped (Linux: rx_missed_errors). */
+  'rxMissed',
 ] as const;
 export type DeviceStatName = (typeof STATS)[number];
 export type DeviceCounters = Record<DeviceStatName, number>;

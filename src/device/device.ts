@@ -49,7 +49,7 @@ import {
   ringView,
 } from './rings.js';
 import { MAX_TRANSFER, type P2pRouteConfig } from './dma-engine.js';
-import type { ModelName } from './device-model.js';
+import type { ModelName, ModelOptions } from './device-model.js';
 import type { TraceRingsHandle } from '../trace/trace-ring.js';
 // Type-only: the worker's API shape (no runtime import of worker code).
 import type { DeviceWorkerApi, DeviceWorkerConfig } from '../../workers/device-worker.js';
@@ -63,6 +63,8 @@ export interface Completion {
   bytes: number;
   /** Set when status is 'fault': the first access the IOMMU refused. */
   fault?: { addr: number; access: FaultAccess; reason: FaultReason };
+  /** The model's result word (NVMe status code, NIC frame checksum; 0 for the copy engine). */
+  result: number;
 }
 
 /**
@@ -113,6 +115,8 @@ export interface DeviceStartParams {
   bars?: ReadonlyMap<number, Uint8Array>;
   /** The machine's trace rings (absent or null: tracing off). */
   trace?: TraceRingsHandle | null;
+  /** Per-model options (the nvme model's namespace media, the nic model's wire). */
+  modelOptions?: ModelOptions;
 }
 
 const STOP_GRACE_MS = 2000;
@@ -129,6 +133,8 @@ export class Device {
   readonly segmentBoundaryMask: number;
   readonly minAlignMask: number;
   readonly queueDepth: number;
+  /** What the model was started with (e.g. the nvme namespace's media, to check what it holds). */
+  readonly modelOptions: ModelOptions;
   readonly control: DeviceControl;
   /** Whether an IOMMU sits between this device and RAM. */
   readonly translated: boolean;
@@ -173,6 +179,7 @@ export class Device {
     this.cq = p.cq;
     this.iotlb = p.iotlb;
     this.queueDepth = p.sq.depth;
+    this.modelOptions = p.modelOptions ?? {};
     this.ringAddrs = { sq: p.sq.dma, cq: p.cq.dma };
     this.bars = p.bars ?? new Map();
     this.control = DeviceControl.create();
@@ -202,6 +209,7 @@ export class Device {
       sq: { dma: p.sq.dma, depth: p.sq.depth },
       cq: { dma: p.cq.dma, depth: p.cq.depth },
       trace: p.trace ?? null,
+      options: dev.modelOptions,
     };
     try {
       await w.remote.start(cfg);
@@ -219,6 +227,7 @@ export class Device {
 
   /** Device-issued DMA: copies len bytes from DMA address src to DMA address dst. */
   async copy(req: CopyRequest): Promise<Completion> {
+    this.checkModel('copy');
     this.checkRange('copy', 'src', req?.src, req?.len);
     this.checkRange('copy', 'dst', req.dst, req.len);
     return this.expectOk('copy', await this.submit(req.src, req.dst, req.len, 0));
@@ -226,6 +235,7 @@ export class Device {
 
   /** Device-issued DMA write of one byte value over [dst, dst + len). */
   async fill(req: FillRequest): Promise<Completion> {
+    this.checkModel('fill');
     this.checkRange('fill', 'dst', req?.dst, req?.len);
     if (!Number.isInteger(req.value) || req.value < 0 || req.value > 255) {
       throw new DmaError('EINVAL', `device ${this.bdf}: fill value ${String(req.value)} must be a byte (0..255)`);
@@ -235,16 +245,17 @@ export class Device {
 
   /**
    * Queues one raw descriptor and resolves with its completion, whatever its status (copy()
-   * and fill() turn a failed completion into a DmaError).
+   * and fill() turn a failed completion into a DmaError). `arg` is the model's extra command
+   * word (rings.ts; the nvme and nic drivers use it).
    */
-  async submit(src: number, dst: number, len: number, flags: number): Promise<Completion> {
+  async submit(src: number, dst: number, len: number, flags: number, arg = 0): Promise<Completion> {
     if (this.failure) throw this.failure;
     if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
     while (this.pending.size >= this.queueDepth) {
       await new Promise<void>((r) => this.spaceWaiters.push(r));
       if (this.failure) throw this.failure;
     }
-    const done = new Promise<Completion>((resolve, reject) => this.post(src, dst, len, flags, { resolve, reject }));
+    const done = new Promise<Completion>((resolve, reject) => this.post(src, dst, len, flags, arg, { resolve, reject }));
     void this.pump();
     return done;
   }
@@ -259,7 +270,7 @@ export class Device {
     if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
     if (this.pending.size > 0) throw new DmaError('EBUSY', `device ${this.bdf}: submitPolled needs an idle queue (${this.pending.size} descriptors in flight)`);
     let result: Completion | null = null;
-    this.post(src, dst, len, flags, { resolve: (c) => (result = c), reject: () => undefined });
+    this.post(src, dst, len, flags, 0, { resolve: (c) => (result = c), reject: () => undefined });
     const deadline = performance.now() + timeoutMs;
     // ORDERING: each CQ_TAIL load pairs with the device's publishing store.
     while (Atomics.load(this.ctl, CQ_TAIL) === this.cqHead) {
@@ -298,11 +309,11 @@ export class Device {
   }
 
   /** Writes one descriptor into the submission ring, publishes it and rings the doorbell. */
-  private post(src: number, dst: number, len: number, flags: number, waiter: Pending): void {
+  private post(src: number, dst: number, len: number, flags: number, arg: number, waiter: Pending): void {
     const id = this.nextId;
     this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
     this.pending.set(id, waiter);
-    encodeDescriptor(this.sqView, (this.sqTail % this.queueDepth) * SQE_SIZE, { src, dst, len, flags, id });
+    encodeDescriptor(this.sqView, (this.sqTail % this.queueDepth) * SQE_SIZE, { src, dst, len, flags, id, arg });
     this.sqTail = (this.sqTail + 1) | 0;
     // ORDERING: the store publishes the descriptor written above; ring() then loads DEV_SLEEPING.
     Atomics.store(this.ctl, SQ_TAIL, this.sqTail);
@@ -410,6 +421,13 @@ export class Device {
     throw new DmaError('EIO', `device ${this.bdf}: ${op} aborted`);
   }
 
+  /** copy() and fill() are the copy engine's commands; other models read descriptors their own way. */
+  private checkModel(op: string): void {
+    if (this.model !== 'copy-engine') {
+      throw new DmaError('EINVAL', `device ${this.bdf}: ${op} is a copy-engine command and this device is a ${this.model} (use its driver: NvmeDriver, NicDriver)`);
+    }
+  }
+
   private checkRange(op: string, what: string, addr: unknown, len: unknown): void {
     if (typeof len !== 'number' || !Number.isSafeInteger(len) || len <= 0 || len > MAX_TRANSFER) {
       throw new DmaError('EINVAL', `device ${this.bdf}: ${op} length ${String(len)} must be an integer in [1, ${MAX_TRANSFER}]`);
@@ -432,7 +450,7 @@ export class Device {
       this.pending.delete(c.id);
       const status: CompletionStatus =
         c.status === STATUS_OK ? 'ok' : c.status === STATUS_FAULT ? 'fault' : c.status === STATUS_INVALID ? 'invalid' : 'aborted';
-      const out: Completion = { id: c.id, status, bytes: c.bytes };
+      const out: Completion = { id: c.id, status, bytes: c.bytes, result: c.result };
       if (status === 'fault') {
         out.fault = { addr: c.faultAddr, access: c.faultWrite ? 'write' : 'read', reason: FAULT_REASONS[c.faultReason] ?? 'not-present' };
       }

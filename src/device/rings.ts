@@ -4,11 +4,16 @@
  * completions by DMA and the driver reads them with the CPU. Indices live in device-control.ts.
  *
  * Submission entry, 32 bytes, little endian (the copy engine's format):
- *   0 src (u64)   8 dst (u64)   16 len (u32)   20 flags (u32)   24 id (u32)   28 reserved
+ *   0 src (u64)   8 dst (u64)   16 len (u32)   20 flags (u32)   24 id (u32)   28 arg (u32)
  *   flags bit 0 FILL: write the byte `src & 0xff` over dst instead of copying (a memset).
+ *   arg: a model's extra command word (0 for the copy engine); the nvme and nic models give the
+ *   fields their own meaning (src/device/nvme-command.ts, src/device/nic-command.ts).
  * Completion entry, 32 bytes:
  *   0 id (u32)   4 status (u32)   8 bytes moved (u32)   12 fault reason (u32)
- *   16 fault address (u64)   24 fault access (u32, 1 = write)   28 reserved
+ *   16 fault address (u64)   24 fault access (u32, 1 = write)   28 result (u32)
+ *   result: a model's result word (NVMe status code, NIC frame checksum; 0 for the copy engine).
+ * Completions come in the order the device finishes descriptors, matched by id: a model may
+ * complete a descriptor later than the one it is executing (a NIC's posted RX buffers).
  * Entry i of a ring of `depth` entries is at ring base + (i mod depth) * 32.
  */
 import type { GuestRam } from '../memory/guest-ram.js';
@@ -30,6 +35,8 @@ export interface Descriptor {
   len: number;
   flags: number;
   id: number;
+  /** The model's extra command word (offset 28). */
+  arg: number;
 }
 
 export interface CompletionEntry {
@@ -39,6 +46,8 @@ export interface CompletionEntry {
   faultReason: number;
   faultAddr: number;
   faultWrite: boolean;
+  /** The model's result word (offset 28). */
+  result: number;
 }
 
 /** Where a ring lives: its RAM (for the CPU side) and its DMA address (for the device). */
@@ -60,7 +69,7 @@ export function encodeDescriptor(v: DataView, at: number, d: Descriptor): void {
   v.setUint32(at + 16, d.len, true);
   v.setUint32(at + 20, d.flags, true);
   v.setUint32(at + 24, d.id, true);
-  v.setUint32(at + 28, 0, true);
+  v.setUint32(at + 28, d.arg, true);
 }
 
 export function decodeDescriptor(v: DataView, at: number, out: Descriptor): Descriptor {
@@ -69,6 +78,7 @@ export function decodeDescriptor(v: DataView, at: number, out: Descriptor): Desc
   out.len = v.getUint32(at + 16, true);
   out.flags = v.getUint32(at + 20, true);
   out.id = v.getUint32(at + 24, true);
+  out.arg = v.getUint32(at + 28, true);
   return out;
 }
 
@@ -80,7 +90,7 @@ export function encodeCompletion(v: DataView, at: number, c: CompletionEntry): v
   v.setUint32(at + 16, lo(c.faultAddr), true);
   v.setUint32(at + 20, hi(c.faultAddr), true);
   v.setUint32(at + 24, c.faultWrite ? 1 : 0, true);
-  v.setUint32(at + 28, 0, true);
+  v.setUint32(at + 28, c.result, true);
 }
 
 export function decodeCompletion(v: DataView, at: number): CompletionEntry {
@@ -91,6 +101,7 @@ export function decodeCompletion(v: DataView, at: number): CompletionEntry {
     faultReason: v.getUint32(at + 12, true),
     faultAddr: u64(v, at + 16),
     faultWrite: v.getUint32(at + 24, true) === 1,
+    result: v.getUint32(at + 28, true),
   };
 }
 
