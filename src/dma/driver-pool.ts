@@ -7,13 +7,14 @@
 import { Piscina } from 'piscina';
 import { DmaError, DMA_ERROR_CODES, type DmaErrorCode } from '../errors.js';
 import { workerUrl } from '../worker-url.js';
-import type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult } from '../../workers/driver-task.js';
+import type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, ScenarioDriverTask, ScenarioDriverResult } from '../../workers/driver-task.js';
 
-export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult };
+export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, ScenarioDriverTask, ScenarioDriverResult };
 
 interface TaskTypes {
   mapBench: [MapBenchTask, MapBenchThreadResult];
   handoff: [HandoffTask, HandoffResult];
+  scenarioDriver: [ScenarioDriverTask, ScenarioDriverResult];
 }
 
 export const MAX_DRIVER_THREADS = 32;
