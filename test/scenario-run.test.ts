@@ -90,6 +90,11 @@ describe('scenario runner: buffers, directions, IOMMU modes', () => {
     expect(s.leaks).toEqual({ liveMappings: 0, ramPages: 0, bounceSlots: 0 });
   });
 
+  it('refuses a pool too large to bounce with SWIOTLB\'s limit (IOMMU off, 32-bit device, high buffers)', async () => {
+    const s = scenario({ sizes: ['256 KiB'], count: 4, inFlight: 4, mapping: 'pool', buffers: { above: '4 GiB' } }, { iommu: { mode: 'off' } });
+    await expect(runScenario(s)).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/swiotlb: map of 1048576 bytes .* device 0000:00:03\.0: a bounce mapping is 1 to 262144 bytes/) });
+  });
+
   it('runs under lazy invalidation and counts its flush-queue invalidations', async () => {
     const s = await runScenario(scenario({ sizes: [4096], count: 40, inFlight: 4 }, { iommu: { mode: 'lazy' } }));
     expect(s.devices[0]).toMatchObject({ transfers: 40, verified: 40, mismatches: 0 });

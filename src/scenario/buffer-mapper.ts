@@ -69,13 +69,19 @@ export function createBufferMapper(strategy: MappingStrategy, env: MapperEnv, ar
     return k;
   };
   // pool: each arena is mapped now, once; its buffers are found by the arena that holds their first page.
-  const pools = strategy === 'pool' ? arenas.map((a) => ({ arena: a, k: mapWhole(a), pas: new Set(a.pieces.map((p) => Number(p.pa))) })) : [];
+  const pools: Array<{ arena: HostBuffer; k: Kept }> = [];
+  try {
+    if (strategy === 'pool') for (const a of arenas) pools.push({ arena: a, k: mapWhole(a) });
+  } catch (e) {
+    for (const k of all.splice(0)) unmapKept(env, k); // nothing half-mapped stays behind
+    throw e;
+  }
   const keptFor = (buf: HostBuffer): Kept => {
     let k = kept.get(buf);
     if (!k) {
       if (strategy === 'pool') {
         const first = Number(buf.pieces[0].pa);
-        const pool = pools.find((p) => p.arena.dir === buf.dir && (p.pas.has(first) || p.arena.pieces.some((a) => first >= a.pa && first < Number(a.pa) + a.len)));
+        const pool = pools.find((p) => p.arena.dir === buf.dir && p.arena.pieces.some((a) => first >= Number(a.pa) && first < Number(a.pa) + a.len));
         if (!pool) throw new DmaError('EINVAL', `pool mapping for device ${env.dev.bdf}: buffer at PA ${first} lies in no pool arena`);
         k = pool.k;
       } else {
