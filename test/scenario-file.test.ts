@@ -3,6 +3,8 @@ import { mkdtempSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadScenarioFile } from '../src/scenario/scenario-file.js';
+import { parseScenario } from '../src/scenario/scenario-schema.js';
+import { DEFAULT_SCENARIO } from '../src/scenario/default-scenario.js';
 
 let dir: string;
 beforeAll(() => {
@@ -51,6 +53,10 @@ describe('scenario files', () => {
   it('names the topology file it cannot read, resolved against the scenario file', () => {
     const p = write('lost-topo.json', JSON.stringify({ topology: 'topo/missing.json', devices: [{ bdf: '00:03.0' }], workloads: [{ device: '00:03.0', sizes: [4096] }] }));
     expect(() => loadScenarioFile(p)).toThrow(new RegExp(`scenario\\.topology: topology file ${join(dir, 'topo', 'missing.json').replace(/[.]/g, '\\.')}: cannot read it: no such file`));
+  });
+
+  it('ships scenarios/default.json equal to the built-in default scenario', () => {
+    expect(loadScenarioFile(join('scenarios', 'default.json'))).toEqual(parseScenario(DEFAULT_SCENARIO));
   });
 
   it('loads the example scenarios shipped in scenarios/', () => {
