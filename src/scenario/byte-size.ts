@@ -1,6 +1,7 @@
 /**
  * Byte sizes as scenario files write them: a number of bytes, or text such as "4 KiB", "64MiB",
- * "4 GiB", "512" (binary units; K/M/G/T alone mean KiB/MiB/GiB/TiB, as Linux's memparse).
+ * "4 GiB", "512" (binary units; K/M/G/T alone mean KiB/MiB/GiB/TiB, as Linux's memparse); and
+ * sizes printed back the same way.
  */
 import { z } from 'zod';
 
@@ -25,3 +26,9 @@ export const byteSize = z.union([z.number(), z.string()]).transform((v, ctx): nu
   }
   return n;
 });
+
+/** A byte count as the summary prints it ("4 GiB", "12.1 MiB", "512 B"). */
+export function fmtBytes(n: number): string {
+  if (n >= 2 ** 30 && n % 2 ** 30 === 0) return `${n / 2 ** 30} GiB`;
+  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
+}

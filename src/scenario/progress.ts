@@ -14,6 +14,8 @@ export class ProgressLine {
   private last = -Infinity;
   private shown = false;
   private readonly enabled: boolean;
+  private readonly minIntervalMs: number;
+  private readonly now: () => number;
 
   constructor(
     private readonly out: ProgressStream,
@@ -23,9 +25,6 @@ export class ProgressLine {
     this.minIntervalMs = options.minIntervalMs ?? 250;
     this.now = options.now ?? (() => performance.now());
   }
-
-  private readonly minIntervalMs: number;
-  private readonly now: () => number;
 
   /** Shows `p` unless the last line is younger than the minimum interval. */
   update(p: ScenarioProgress): void {

@@ -12,6 +12,7 @@
 import { Machine } from '../machine.js';
 import type { MachineConfig } from '../machine-config.js';
 import type { Device } from '../device/device.js';
+import type { ModelName } from '../device/device-model.js';
 import { DriverPool } from '../dma/driver-pool.js';
 import { HandoffMailbox } from '../dma/handoff-mailbox.js';
 import { summarize } from '../dma/latency.js';
@@ -21,6 +22,7 @@ import { IO_MODELS } from './io-models.js';
 import { IO_STATUS_CODES, type IoModel, type IoStatus } from './io-model.js';
 import { WorkloadDriver, type WorkloadResult } from './workload.js';
 import { sizeSampler } from './size-sampler.js';
+import { fmtBytes } from './byte-size.js';
 import type { Scenario, Workload } from './scenario-schema.js';
 
 export interface ScenarioProgress {
@@ -125,7 +127,7 @@ export async function runScenario(s: Scenario, options: RunScenarioOptions = {})
   try {
     const devs = new Map<string, { dev: Device; model: string; dmaMask: number }>();
     for (const d of s.devices) {
-      const dev = await m.addDevice({ bdf: d.bdf, model: d.model as never, dmaMask: d.dmaMask, queueDepth: d.queueDepth });
+      const dev = await m.addDevice({ bdf: d.bdf, model: d.model as ModelName, dmaMask: d.dmaMask, queueDepth: d.queueDepth });
       devs.set(dev.bdf, { dev, model: d.model, dmaMask: d.dmaMask });
     }
     // What the devices' own rings hold; anything above this after the run is a leak.
@@ -320,9 +322,4 @@ async function runThreaded(m: Machine, pool: DriverPool, l: Lane, seed: number, 
 function percentiles(samples: number[]): Percentiles {
   const s = summarize(samples);
   return { p50: s.p50, p99: s.p99, samples: s.samples };
-}
-
-export function fmtBytes(n: number): string {
-  if (n >= 2 ** 30 && n % 2 ** 30 === 0) return `${n / 2 ** 30} GiB`;
-  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
 }

@@ -1,5 +1,6 @@
 /** The summary of a scenario run as `dmaemu run` prints it: a header, one row per device, totals. */
-import { fmtBytes, type ScenarioSummary } from './runner.js';
+import type { ScenarioSummary } from './runner.js';
+import { fmtBytes } from './byte-size.js';
 
 const us = (p: { p50: number; p99: number; samples: number }): string => (p.samples === 0 ? '-' : `${p.p50.toFixed(1)}/${p.p99.toFixed(1)}`);
 
