@@ -61,3 +61,10 @@ export type { StressOptions, StressSummary, StressDeviceSummary } from './stress
 export type { StressMode, StressOp, StressOpKind } from './stress/op-generator.js';
 export type { InvariantName, Violation } from './stress/invariants.js';
 export type { StressEvent } from './stress/event-history.js';
+export { runScenario, scenarioMachineConfig } from './scenario/runner.js';
+export type { ScenarioSummary, DeviceRow, ScenarioProgress, RunScenarioOptions } from './scenario/runner.js';
+export { parseScenario } from './scenario/scenario-schema.js';
+export type { Scenario, ScenarioInput, Workload } from './scenario/scenario-schema.js';
+export { loadScenarioFile } from './scenario/scenario-file.js';
+export { DEFAULT_SCENARIO } from './scenario/default-scenario.js';
+export type { IoModel, IoRequest, IoStatus } from './scenario/io-model.js';

@@ -11,6 +11,9 @@
  *             buffers and leaves them mapped, maps and unmaps `churn` more (so its IOVA
  *             magazines hold cached ranges), reports them in `out`, then ends its thread
  *             (exit code 3) without unmapping or closing anything.
+ *   scenarioDriver: one driver thread's share of a scenario workload (src/scenario/workload.ts):
+ *             prepare an I/O (map or sync), hand its segments to the device side through the
+ *             mailbox, finish it (unmap or sync, verify), for a count or a duration.
  */
 import { threadId } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -20,6 +23,8 @@ import type { DmaDirection } from '../src/dma/direction.js';
 import type { DmaMapping } from '../src/dma/dma-api.js';
 import type { Pa } from '../src/addresses.js';
 import { summarize, type LatencySummary } from '../src/dma/latency.js';
+import { WorkloadDriver, type WorkloadDriverSpec, type WorkloadResult } from '../src/scenario/workload.js';
+import { IO_STATUS_CODES } from '../src/scenario/io-model.js';
 
 export interface MapBenchTask {
   driver: DriverHandle;
@@ -229,4 +234,52 @@ export function mapAndDie(t: MapAndDieTask): never {
   out[0] = threadId;
   out[1] = t.keep;
   process.exit(3);
+}
+
+export interface ScenarioDriverTask {
+  driver: DriverHandle;
+  bdf: string;
+  /** A mailbox made with maxSegments for the workload's largest buffer. */
+  mailbox: HandoffMailboxHandle;
+  slot: number;
+  /** The workload, with lanes = 1 (one I/O in flight per driver thread). */
+  spec: WorkloadDriverSpec;
+  /** Run this many I/Os … */
+  count?: number;
+  /** … or for this long (ms). */
+  durationMs?: number;
+}
+
+export interface ScenarioDriverResult extends WorkloadResult {
+  threadId: number;
+}
+
+export function scenarioDriver(t: ScenarioDriverTask): ScenarioDriverResult {
+  const box = HandoffMailbox.attach(t.mailbox);
+  let drv: ReturnType<typeof attachDriver> | null = null;
+  let wd: WorkloadDriver | null = null;
+  try {
+    drv = attachDriver(t.driver);
+    wd = new WorkloadDriver({ dma: drv.dma, dev: drv.device(t.bdf), ram: drv.dma.ram }, t.spec);
+    const start = performance.now();
+    for (let n = 0; t.count !== undefined ? n < t.count : performance.now() - start < (t.durationMs ?? 0); n++) {
+      const io = wd.prepare(0, n);
+      let status: number;
+      try {
+        status = box.postIo(t.slot, io.len, io.reads, io.writes);
+      } catch (e) {
+        wd.finish(0, 'aborted'); // unmaps what prepare mapped
+        throw e;
+      }
+      wd.finish(0, IO_STATUS_CODES[status] ?? 'aborted');
+    }
+    return { threadId, ...wd.close() };
+  } finally {
+    box.close(t.slot); // the device side stops waiting for this thread
+    try {
+      wd?.close();
+    } finally {
+      drv?.close();
+    }
+  }
 }

@@ -7,15 +7,16 @@
 import { Piscina } from 'piscina';
 import { DmaError, DMA_ERROR_CODES, type DmaErrorCode } from '../errors.js';
 import { workerUrl } from '../worker-url.js';
-import type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, MapAndDieTask } from '../../workers/driver-task.js';
+import type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, MapAndDieTask, ScenarioDriverTask, ScenarioDriverResult } from '../../workers/driver-task.js';
 
-export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, MapAndDieTask };
+export type { MapBenchTask, MapBenchThreadResult, HandoffTask, HandoffResult, MapAndDieTask, ScenarioDriverTask, ScenarioDriverResult };
 
 interface TaskTypes {
   mapBench: [MapBenchTask, MapBenchThreadResult];
   handoff: [HandoffTask, HandoffResult];
   /** Fault injection: the thread dies holding mappings (the task always rejects). */
   mapAndDie: [MapAndDieTask, never];
+  scenarioDriver: [ScenarioDriverTask, ScenarioDriverResult];
 }
 
 export const MAX_DRIVER_THREADS = 32;
