@@ -5,6 +5,7 @@
 import { Command, Option } from 'commander';
 import { runDefaultScenario, formatRunSummary, DEFAULT_RUN, type RunOptions } from '../src/cli/run.js';
 import { registerGroupsCommand } from '../src/cli/groups.js';
+import { registerBenchCommand } from '../src/cli/bench-command.js';
 import { DmaError } from '../src/errors.js';
 
 const program = new Command();
@@ -38,6 +39,7 @@ program
   });
 
 registerGroupsCommand(program);
+registerBenchCommand(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof DmaError) {
