@@ -19,7 +19,7 @@
 import { Machine } from '../src/machine.js';
 import { GiB, KiB, MiB, dmaAddr, type DmaAddr } from '../src/addresses.js';
 import type { Device } from '../src/device/device.js';
-import { DmaError } from '../src/errors.js';
+import { DmaError, hex } from '../src/errors.js';
 import { memmoveFor } from '../src/memory/wasm-memmove.js';
 import type { Figure } from './figures.js';
 import type { Series } from './series.js';
@@ -68,7 +68,7 @@ async function stream(lane: Lane, len: number, ms: number): Promise<Stream> {
     while (performance.now() < end) {
       const done = await Promise.all(Array.from({ length: BATCH }, () => lane.dev.submit(lane.src, lane.dst, len, 0)));
       const bad = done.find((c) => c.status !== 'ok');
-      if (bad) throw new DmaError('EIO', `bench: device ${lane.dev.bdf} copy of ${len} B from ${lane.src} to ${lane.dst} completed with status ${bad.status}`);
+      if (bad) throw new DmaError('EIO', `bench: device ${lane.dev.bdf} copy of ${len} B from DMA address ${hex(lane.src)} to ${hex(lane.dst)} completed with status ${bad.status}`);
       bytes += len * BATCH;
     }
   };

@@ -4,6 +4,7 @@
  * A suite returns its figures, or its figures and chart series; each suite module is loaded only
  * when it runs (the CLI loads this map for every command, and tinybench is a dev dependency).
  */
+import { DmaError } from '../src/errors.js';
 import { judge, machineInfo, type Figure, type FigureResult, type MachineInfo } from './figures.js';
 import type { Series } from './series.js';
 
@@ -49,7 +50,7 @@ export interface RunBenchOptions {
 export async function runBench(options: RunBenchOptions = {}): Promise<BenchResult> {
   const names = Object.keys(suites);
   if (options.suite !== undefined && !names.includes(options.suite)) {
-    throw new Error(`bench: no suite ${JSON.stringify(options.suite)}; suites: ${names.join(', ')}`);
+    throw new DmaError('EINVAL', `bench: no suite ${JSON.stringify(options.suite)}; suites: ${names.join(', ')}`);
   }
   const machine = machineInfo();
   const figures: FigureResult[] = [];

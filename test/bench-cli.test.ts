@@ -52,7 +52,7 @@ describe('a run\'s result', () => {
   });
 
   it('runBench names the valid suites when asked for an unknown one', async () => {
-    await expect(runBench({ suite: 'nosuch' })).rejects.toThrow(`bench: no suite "nosuch"; suites: ${Object.keys(suites).join(', ')}`);
+    await expect(runBench({ suite: 'nosuch' })).rejects.toThrow(`EINVAL: bench: no suite "nosuch"; suites: ${Object.keys(suites).join(', ')}`);
   });
 
   it('missingFigures names the required ids a run lacks', () => {

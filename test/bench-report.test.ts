@@ -35,7 +35,7 @@ describe.skipIf(skip !== '')(`the report rendered in headless Chromium${skip ? `
     const file = join(dir, 'report.html');
     writeFileSync(file, renderReport(fixedBenchResult()));
     dom = await renderDom(file);
-  });
+  }, 120_000); // chromium's start is slow on a busy 2-core machine (renderDom bounds it at 90 s)
   afterAll(() => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
