@@ -55,7 +55,7 @@ export async function renderDom(htmlPath: string, o: RenderOptions = {}): Promis
   const url = pathToFileURL(resolve(htmlPath)).href;
   try {
     const dom = await runChromium(bin, [...base, '--dump-dom', url], timeoutMs);
-    if (o.screenshot) await runChromium(bin, [...base, '--window-size=1200,2600', `--screenshot=${resolve(o.screenshot)}`, url], timeoutMs);
+    if (o.screenshot) await runChromium(bin, [...base, '--window-size=1200,3600', `--screenshot=${resolve(o.screenshot)}`, url], timeoutMs);
     return dom;
   } finally {
     rmSync(profile, { recursive: true, force: true });
