@@ -1,5 +1,5 @@
 /** A benchmark figure and its goal, as printed and as written with --json. */
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 
 export interface Figure {
   id: string;
@@ -17,15 +17,40 @@ export function judge(f: Figure): FigureResult {
   return { ...f, met: f.goal.op === '>=' ? f.value >= f.goal.value : f.value <= f.goal.value };
 }
 
-export function machineInfo() {
+export interface MachineInfo {
+  node: string;
+  cpu: string;
+  cores: number;
+  memoryGiB: number;
+  platform: string;
+  /** When the run started (ISO 8601). */
+  date: string;
+  /** 1-minute load average when the run started: other work on the machine makes figures noisy. */
+  loadAverage: number;
+}
+
+export function machineInfo(): MachineInfo {
   const c = cpus();
-  return { node: process.version, cpu: c[0]?.model ?? 'unknown', cores: c.length, memoryGiB: Math.round(totalmem() / 2 ** 30), platform: `${process.platform}-${process.arch}` };
+  return {
+    node: process.version,
+    cpu: c[0]?.model ?? 'unknown',
+    cores: c.length,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    platform: `${process.platform}-${process.arch}`,
+    date: new Date().toISOString(),
+    loadAverage: Math.round(loadavg()[0] * 100) / 100,
+  };
+}
+
+/** A figure's value as the table and the report print it (3 significant digits). */
+export function formatValue(v: number): string {
+  return v.toPrecision(3);
 }
 
 export function formatFigures(results: FigureResult[]): string {
   const rows = [
     ['figure', 'value', 'goal', 'met', 'note'],
-    ...results.map((r) => [r.id, `${r.value.toPrecision(3)} ${r.unit}`, `${r.goal.op} ${r.goal.value} ${r.unit}`, r.met ? 'met' : 'NOT MET', r.note ?? '']),
+    ...results.map((r) => [r.id, `${formatValue(r.value)} ${r.unit}`, `${r.goal.op} ${r.goal.value} ${r.unit}`, r.met ? 'met' : 'NOT MET', r.note ?? '']),
   ];
   const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
   return rows.map((r) => r.map((x, c) => x.padEnd(w[c])).join('  ').trimEnd()).join('\n');

@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { registerRunCommand } from '../src/cli/run-command.js';
 import { registerGroupsCommand } from '../src/cli/groups.js';
 import { registerStressCommand } from '../src/cli/stress-command.js';
+import { registerBenchCommand } from '../src/cli/bench-command.js';
 import { DmaError } from '../src/errors.js';
 
 const program = new Command();
@@ -17,6 +18,7 @@ program
 registerRunCommand(program);
 registerGroupsCommand(program);
 registerStressCommand(program);
+registerBenchCommand(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof DmaError) {
