@@ -211,7 +211,9 @@ describe('TablePool', () => {
       const out = await Promise.all(results);
       for (const r of out) {
         expect(r.bad).toBe(0);
-        expect(r.ops).toBeGreaterThan(10000);
+        // Every iteration is one operation or one ENOMEM (how many of each depends on the interleaving).
+        expect(r.ops + r.enomem).toBe(40000);
+        expect(r.ops).toBeGreaterThan(0);
       }
       pool.reclaimRetired();
       expect(pool.inUse()).toBe(0);
