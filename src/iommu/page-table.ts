@@ -264,7 +264,48 @@ export class PageTable {
         left -= pgsize;
       }
     } catch (err) {
-      this.rollback(iova, cur);
+      this.rollback([iova, cur]);
+      throw err;
+    }
+    if (this.replacedN !== 0) this.retireReplaced();
+  }
+
+  /**
+   * Maps several disjoint runs — `runs` holds [iova, pa, size] triples — as one all-or-nothing
+   * map (dma-iommu's map_sg: one IOVA range, an entry or a physically contiguous run at each
+   * place): when any run fails, the leaves of every run are cleared and the tables any of them
+   * installed detached, as a failed map() leaves the table.
+   */
+  mapRuns(runs: readonly number[], prot: number): void {
+    this.checkLive('map');
+    if (runs.length === 0 || runs.length % 3 !== 0) {
+      throw new DmaError('EINVAL', `${this.name}: mapRuns needs [iova, pa, size] triples (got ${runs.length} numbers)`);
+    }
+    for (let i = 0; i < runs.length; i += 3) this.checkMapArgs(runs[i], runs[i + 1], runs[i + 2], prot);
+    const leafBits =
+      PTE_VALID | PTE_LEAF | ((prot & IOMMU_READ) !== 0 ? PTE_READ : 0) | ((prot & IOMMU_WRITE) !== 0 ? PTE_WRITE : 0);
+    this.installedN = 0;
+    this.replacedN = 0;
+    let i = 0;
+    let cur = 0;
+    try {
+      for (; i < runs.length; i += 3) {
+        cur = runs[i];
+        let phys = runs[i + 1];
+        let left = runs[i + 2];
+        while (left > 0) {
+          const pgsize = this.pickPageSize(cur, phys, left);
+          this.installLeaf(cur, phys, pgsize, leafBits);
+          cur += pgsize;
+          phys += pgsize;
+          left -= pgsize;
+        }
+      }
+    } catch (err) {
+      const done: number[] = [];
+      for (let j = 0; j < i; j += 3) done.push(runs[j], runs[j] + runs[j + 2]);
+      done.push(runs[i], cur);
+      this.rollback(done);
       throw err;
     }
     if (this.replacedN !== 0) this.retireReplaced();
@@ -401,8 +442,11 @@ export class PageTable {
     return old;
   }
 
-  /** Undo a failed map: clear the leaves it installed in [start, end), then detach its tables. */
-  private rollback(start: number, end: number): void {
+  /**
+   * Undo a failed map: clear the leaves it installed in the [start, end) pairs of `ranges`, then
+   * detach its tables.
+   */
+  private rollback(ranges: readonly number[]): void {
     // Blocks that replaced empty subtrees get their (still frozen, still empty) subtree back, so a
     // failed map leaves even the table structure as it found it.
     const r = this.replaced;
@@ -415,7 +459,7 @@ export class PageTable {
       }
     }
     this.replacedN = 0;
-    if (end > start) this.clear(start, end);
+    for (let i = 0; i < ranges.length; i += 2) if (ranges[i + 1] > ranges[i]) this.clear(ranges[i], ranges[i + 1]);
     const ins = this.installed;
     for (let i = this.installedN - 2; i >= 0; i -= 2) this.detachIfEmpty(ins[i], ins[i + 1]);
     this.installedN = 0;
