@@ -8,7 +8,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fc from 'fast-check';
-import { Machine, MiB, GiB, KiB, DmaError, dmaAddr, type Device, type DmaMapping, type DmaSgTable, type DmaCoherent, type RamBuffer } from '../src/index.js';
+import { Machine, MiB, GiB, KiB, DmaError, dmaAddr, pa as physAddr, type Device, type DmaMapping, type DmaSgTable, type DmaCoherent, type RamBuffer } from '../src/index.js';
 import { pattern, same } from './support.js';
 
 const PAGE = 4096;
@@ -66,16 +66,16 @@ type Held =
  */
 function run(m: Machine, dev: Device, source: RamBuffer, cmds: Cmd[], seen: Set<string>): Held[] {
   const held: Held[] = [];
-  const pa = (off: number, pages: number) => source.pa + ((off * PAGE) % Math.max(PAGE, source.size - pages * PAGE));
+  const at = (off: number, pages: number) => physAddr(source.pa + ((off * PAGE) % Math.max(PAGE, source.size - pages * PAGE)));
   for (const c of cmds) {
     const before = usage(m);
     const ptes = leaves(m, dev);
     try {
       if (c.op === 'map') {
         const len = Math.min(c.pages * PAGE, source.size);
-        held.push({ kind: 'map', h: m.dma.mapSingle(dev, pa(c.off, len / PAGE) as never, len, c.dir) });
+        held.push({ kind: 'map', h: m.dma.mapSingle(dev, at(c.off, len / PAGE), len, c.dir) });
       } else if (c.op === 'sg') {
-        const entries = c.entries.map((e) => ({ pa: pa(e.off, e.pages), len: Math.min(e.pages * PAGE, source.size) }));
+        const entries = c.entries.map((e) => ({ pa: at(e.off, e.pages), len: Math.min(e.pages * PAGE, source.size) }));
         held.push({ kind: 'sg', sg: m.dma.mapSg(dev, entries, c.dir) });
       } else if (c.op === 'coherent') {
         held.push({ kind: 'coherent', c: m.dma.allocCoherent(dev, c.pages * PAGE) });

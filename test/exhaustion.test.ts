@@ -7,7 +7,7 @@
  * dma_entry_limit and DMA-API debugging's entry table.
  */
 import { describe, it, expect, afterEach } from 'vitest';
-import { Machine, MiB, GiB, KiB, DmaError, dmaAddr, type Device, type MachineConfig } from '../src/index.js';
+import { Machine, MiB, GiB, KiB, DmaError, dmaAddr, pa as physAddr, iova, type Device, type MachineConfig, type Pa } from '../src/index.js';
 import { pattern, same, allBytes } from './support.js';
 
 const PAGE = 4096;
@@ -146,11 +146,11 @@ describe('IOVA space exhaustion (config.iommu.apertureEnd)', () => {
   const config: MachineConfig = { ram: [{ base: 0, size: 8 * MiB }], swiotlb: { size: 0 }, iommu: { apertureEnd: 256 * KiB - 1 } };
   const FREE_PAGES = 61;
   /** Maps one page until the IOVA space is full; returns the mappings. */
-  const fill = (m: Machine, dev: Device, pa: number) => {
+  const fill = (m: Machine, dev: Device, pa: Pa) => {
     const maps = [];
     for (;;) {
       try {
-        maps.push(m.dma.mapSingle(dev, pa as never, PAGE, 'to-device'));
+        maps.push(m.dma.mapSingle(dev, pa, PAGE, 'to-device'));
       } catch (e) {
         expect((e as DmaError).code).toBe('ENOSPC');
         return maps;
@@ -309,7 +309,7 @@ describe('page-table pool exhaustion (config.iommu.tables)', () => {
   /** A buffer whose PA is 4 KiB but not 2 MiB aligned: mapped with 4 KiB pages, never a block. */
   const unaligned = (m: Machine, size: number) => {
     const b = m.ram.alloc(size + PAGE, { align: 2 * MiB });
-    return { buf: b, pa: b.pa + PAGE };
+    return { buf: b, pa: physAddr(b.pa + PAGE) };
   };
   /**
    * Takes the 2 MiB IOVA region below the rings' with one block (no table needed), so that the
@@ -470,7 +470,7 @@ describe('VFIO dma_entry_limit exhaustion', () => {
     expect(e.code).toBe('ENOSPC');
     expect(e.message).toMatch(/dma_entry_limit/);
     expect(c.info().dmaAvail).toBe(0);
-    expect(m.iommu.domainOf(dev)!.iovaToPhys(0x30_0000 as never)).toBeNull();
+    expect(m.iommu.domainOf(dev)!.iovaToPhys(iova(0x30_0000))).toBeNull();
     c.unmapDma({ iova: 0x10_0000, size: PAGE });
     map(2);
     const h = g.device('01:00.0');
