@@ -122,13 +122,13 @@ async function dmaWorks(m: Machine, dev: Device, above?: number): Promise<void> 
 }
 
 describe('random map/unmap/alloc on tiny pools never leave the machine unusable', () => {
-  describe('under an IOMMU: 8 MiB of IOVA space, 2 spare page-table pages, 6 MiB of RAM', () => {
+  describe('under an IOMMU: 8 MiB of IOVA space, 2 spare page-table pages, 5 MiB of RAM', () => {
     let m: Machine;
     let dev: Device;
     let source: RamBuffer;
     let baseline: ReturnType<typeof usage>;
     beforeAll(async () => {
-      m = await Machine.create({ ram: [{ base: 0, size: 6 * MiB }], swiotlb: { size: 0 }, iommu: { apertureEnd: 8 * MiB - 1, tables: 6 } });
+      m = await Machine.create({ ram: [{ base: 0, size: 5 * MiB }], swiotlb: { size: 0 }, iommu: { apertureEnd: 8 * MiB - 1, tables: 6 } });
       dev = await m.addDevice({ bdf: '00:03.0' });
       source = m.ram.alloc(3 * MiB);
       baseline = usage(m);
@@ -149,7 +149,7 @@ describe('random map/unmap/alloc on tiny pools never leave the machine unusable'
           expect(m.stats().pageTablePages).toBe(m.iommu.domainOf(dev)!.pt!.countTables());
           await dmaWorks(m, dev);
         }),
-        { numRuns: 25 },
+        { numRuns: 60 },
       );
       // The runs did reach the limits they are about (each is hit within a few runs).
       expect([...seen].sort()).toEqual(EXPECTED);
@@ -185,7 +185,7 @@ describe('random map/unmap/alloc on tiny pools never leave the machine unusable'
           expect(usage(m)).toEqual(baseline);
           await dmaWorks(m, dev, 4 * GiB);
         }),
-        { numRuns: 25 },
+        { numRuns: 60 },
       );
       // The runs did reach the limits they are about (each is hit within a few runs).
       expect([...seen].sort()).toEqual(EXPECTED);

@@ -85,6 +85,14 @@ describe('Domain.map on an exhausted page-table pool', () => {
     expect(iommu.pool.inUse()).toBe(before);
   });
 
+  it('is not retried when the only tables that came back were its own', () => {
+    const iommu = Iommu.create({ tables: 4 });
+    const d = iommu.createDomain('dma');
+    const before = d.invalidationCounts().strict;
+    expect(() => d.map(0 as Iova, 0x1000 as Pa, SZ_2M + SZ_4K, RW)).toThrow(/^ENOMEM: /);
+    expect(d.invalidationCounts().strict - before).toBe(1); // one attempt, one invalidation of its range
+  });
+
   it('retries once after reclaiming tables retired earlier, and succeeds', () => {
     const iommu = Iommu.create({ tables: 5 });
     const d = iommu.createDomain('dma');

@@ -151,7 +151,19 @@ export class Domain {
    */
   map(iova: Iova, pa: Pa, size: number, prot: number): void {
     const pt = this.table('map');
-    this.withReclaim(iova, size, () => pt.map(iova, pa, size, prot));
+    // Two plain try blocks, not a closure: this is on every mapSingle.
+    try {
+      pt.map(iova, pa, size, prot);
+      return;
+    } catch (e) {
+      if (!this.afterFailedMap(e, iova, size)) throw e;
+    }
+    try {
+      pt.map(iova, pa, size, prot);
+    } catch (e) {
+      this.afterFailedMap(e, iova, size);
+      throw e;
+    }
   }
 
   /**
@@ -160,20 +172,16 @@ export class Domain {
    */
   mapRuns(runs: readonly number[], iova: Iova, span: number, prot: number): void {
     const pt = this.table('map');
-    this.withReclaim(iova, span, () => pt.mapRuns(runs, prot));
-  }
-
-  private withReclaim(iova: Iova, size: number, map: () => void): void {
     try {
-      map();
+      pt.mapRuns(runs, prot);
       return;
     } catch (e) {
-      if (!this.afterFailedMap(e, iova, size) || !(e instanceof DmaError) || e.code !== 'ENOMEM') throw e;
+      if (!this.afterFailedMap(e, iova, span)) throw e;
     }
     try {
-      map();
+      pt.mapRuns(runs, prot);
     } catch (e) {
-      this.afterFailedMap(e, iova, size);
+      this.afterFailedMap(e, iova, span);
       throw e;
     }
   }
@@ -181,14 +189,19 @@ export class Domain {
   /**
    * After a failed map (whose leaves are cleared again): a device that walked into the range
    * meanwhile drops what it cached (strict invalidation of the range), and retired tables go back
-   * to the pool. Returns whether any table did.
+   * to the pool. Returns whether the map is worth one retry: it ran out of tables ('ENOMEM') and
+   * more went back than its own rollback had retired.
    */
   private afterFailedMap(e: unknown, iova: Iova, size: number): boolean {
     // Only these come after leaves may have gone in (EINVAL, ENOENT: refused before any did).
-    if (e instanceof DmaError && (e.code === 'ENOMEM' || e.code === 'EEXIST')) {
+    const enomem = e instanceof DmaError && e.code === 'ENOMEM';
+    if (enomem || (e instanceof DmaError && e.code === 'EEXIST')) {
       this.invalidate(Math.floor(iova / PAGE_SIZE), Math.ceil(size / PAGE_SIZE));
     }
-    return this.s.pool.retiredCount() > 0 && reclaimRetiredTables(this.s) > 0;
+    const ownRetired = enomem ? (this.pt?.retiredByLastRollback ?? 0) : 0;
+    const reclaimed = this.s.pool.retiredCount() > 0 ? reclaimRetiredTables(this.s) : 0;
+    // Worth a retry only when tables came back beyond the ones this map itself had installed.
+    return enomem && reclaimed > ownRetired;
   }
 
   /** iommu_unmap, strict: returns the bytes cleared once no attached device can use them. */

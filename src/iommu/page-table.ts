@@ -197,6 +197,8 @@ export class PageTable {
    *  quadruples. Retired when the map succeeds, swapped back (and thawed) when it fails. */
   private readonly replaced: number[] = [];
   private replacedN = 0;
+  /** Tables the last failed map of this thread retired in its rollback (its own, not others'). */
+  retiredByLastRollback = 0;
   /** For error messages: the entry a freeze ran into. */
   private conflictEntry = 0;
   private conflictLevel = 0;
@@ -450,6 +452,7 @@ export class PageTable {
     // Blocks that replaced empty subtrees get their (still frozen, still empty) subtree back, so a
     // failed map leaves even the table structure as it found it.
     const r = this.replaced;
+    const retiredBefore = this.pool.retiredCount();
     for (let i = this.replacedN - 4; i >= 0; i -= 4) {
       // ORDERING: CAS block → table; the subtree was frozen all along, so nothing was added to it.
       if (Atomics.compareExchange(this.entries, r[i], r[i + 2], r[i + 1]) === r[i + 2]) {
@@ -463,6 +466,8 @@ export class PageTable {
     const ins = this.installed;
     for (let i = this.installedN - 2; i >= 0; i -= 2) this.detachIfEmpty(ins[i], ins[i + 1]);
     this.installedN = 0;
+    // Other threads may retire meanwhile: this can count theirs too, never fewer than ours.
+    this.retiredByLastRollback = this.pool.retiredCount() - retiredBefore;
   }
 
   /** The map succeeded: the subtrees its blocks replaced are unlinked for good. */
