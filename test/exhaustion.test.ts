@@ -371,6 +371,48 @@ describe('page-table pool exhaustion (config.iommu.tables)', () => {
     await dmaWorks(m, dev);
   });
 
+  it('allocCoherent that runs out of tables is ENOMEM naming the device, and gives its RAM and IOVA back', async () => {
+    const m = await machine(config);
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    spacer(m, dev);
+    m.ram.alloc(PAGE, { above: 4 * MiB }); // so that the coherent buffer's PA is not 2 MiB aligned (no block)
+    const before = usage(m);
+    const ptes = leaves(m, dev);
+    const e = thrown(() => m.dma.allocCoherent(dev, 2 * MiB + PAGE));
+    expect(e.code).toBe('ENOMEM');
+    expect(e.message).toMatch(/^ENOMEM: dma: map of 2101248 bytes at PA 0x\w+ for device 0000:00:03\.0: .*no page-table page/);
+    expect(usage(m)).toEqual(before);
+    expect(leaves(m, dev)).toEqual(ptes);
+    const c = m.dma.allocCoherent(dev, 2 * MiB); // one new table: there is one
+    m.dma.freeCoherent(dev, c);
+  });
+
+  it('giving a failed map\'s tables back waits for a device busy copying, and its copies stay right', async () => {
+    const m = await machine(config);
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    const src = m.ram.alloc(16 * PAGE);
+    const dst = m.ram.alloc(16 * PAGE);
+    const data = pattern(16 * PAGE, 3);
+    m.ram.write(src.pa, data);
+    m.ram.fill(dst.pa, 16 * PAGE, 0);
+    const s = m.dma.mapSingle(dev, src.pa, 16 * PAGE, 'to-device');
+    const d = m.dma.mapSingle(dev, dst.pa, 16 * PAGE, 'from-device'); // beside the rings: no new table
+    spacer(m, dev);
+    const { pa } = unaligned(m, 2 * MiB + PAGE);
+    const copies = [];
+    for (let round = 0; round < 4; round++) {
+      for (let i = 0; i < 16; i++) copies.push(dev.copy({ src: dmaAddr(s.addr + i * PAGE), dst: dmaAddr(d.addr + i * PAGE), len: PAGE }));
+    }
+    // While the device works through 64 descriptors, maps fail and their tables go back each time.
+    for (let i = 0; i < 8; i++) expect(() => m.dma.mapSingle(dev, pa, 2 * MiB + PAGE, 'to-device')).toThrow(expect.objectContaining({ code: 'ENOMEM' }));
+    expect((await Promise.all(copies)).every((c) => c.status === 'ok')).toBe(true);
+    expect(same(m.ram.read(dst.pa, 16 * PAGE), data)).toBe(true);
+    expect(m.iommu.unit.pool.retiredCount()).toBe(0);
+    expect(m.stats().pageTablePages).toBe(4);
+    m.dma.unmapSingle(dev, s);
+    m.dma.unmapSingle(dev, d);
+  });
+
   it('a 2 MiB-aligned buffer at a 2 MiB-aligned IOVA needs no new table (a block), even with the pool empty', async () => {
     const m = await machine({ ...config, iommu: { tables: 4 } });
     const dev = await m.addDevice({ bdf: '00:03.0' });
