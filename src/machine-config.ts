@@ -56,6 +56,18 @@ export const machineConfigSchema = z
          * transfer, then declares it hung (fails it, ends its worker); 0 = wait forever.
          */
         deviceTimeoutMs: z.number().int().min(0).max(0x7fffffff).default(5000),
+        /**
+         * Last IOVA the DMA API may hand out in a DMA domain (Linux: domain->geometry.aperture_end,
+         * which iommu_dma_alloc_iova takes as a limit beside the DMA mask). Ends a page; at most
+         * 4 GiB − 1 (our IOVA allocator covers 32 bits), at least two pages (page 0 is never used).
+         */
+        apertureEnd: z
+          .number()
+          .int()
+          .min(2 * 4096 - 1)
+          .max(2 ** 32 - 1)
+          .refine((n) => (n + 1) % 4096 === 0, { message: 'must be the last byte of a page (a multiple of 4096, minus 1)' })
+          .default(2 ** 32 - 1),
       })
       .strict()
       .prefault({}),

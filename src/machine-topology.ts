@@ -105,6 +105,8 @@ export interface MachinePciOptions {
   topology?: unknown;
   acsOverride?: string;
   flushQueueSize: number;
+  /** Pages of IOVA space in each DMA domain (config.iommu.apertureEnd + 1, in pages). */
+  aperturePages?: number;
 }
 
 /** What Machine.create accepts as `topology`: JSON (object or text), lspci text, or a Topology. */
@@ -137,6 +139,7 @@ export class MachinePci {
   readonly acsOverride: string | undefined;
   private readonly unit: Iommu;
   private readonly flushQueueSize: number;
+  private readonly aperturePages: number | undefined;
   private readonly groupMap: Map<string, number>;
   private readonly groupStates = new Map<number, GroupState>();
   /** Devices by BDF (reserved at add, removed at release). */
@@ -152,6 +155,7 @@ export class MachinePci {
   constructor(unit: Iommu, options: MachinePciOptions) {
     this.unit = unit;
     this.flushQueueSize = options.flushQueueSize;
+    this.aperturePages = options.aperturePages;
     this.topology = resolveTopology(options.topology);
     this.acsOverride = options.acsOverride;
     if (this.acsOverride !== undefined && !this.topology) {
@@ -374,7 +378,7 @@ export class MachinePci {
 
   /** Creates a domain the machine owns (counted in stats, destroyed with destroyDomain). */
   createDomain(type: 'dma' | 'blocked'): Domain {
-    const d = this.unit.createDomain(type, { flushQueueSize: this.flushQueueSize });
+    const d = this.unit.createDomain(type, { flushQueueSize: this.flushQueueSize, aperturePages: this.aperturePages });
     this.owned.add(d);
     return d;
   }

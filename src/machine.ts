@@ -95,7 +95,10 @@ export interface MachineStats {
   /** The DMA API's own counters (maps by path, sg, coherent, syncs). */
   dma: DmaApiStats;
   ramPagesInUse: number;
+  /** Page-table pages taken from the pool (iommu.tables), retired ones included. */
   pageTablePages: number;
+  /** IOVA pages handed out and not given back, over every DMA domain (rcache-cached pages excluded). */
+  iovaPagesInUse: number;
   /** Transfers and bytes routed peer-to-peer to another function's BAR (the IOMMU never saw them). */
   p2pTransfers: number;
   p2pBytes: number;
@@ -112,6 +115,16 @@ export interface MachineIommu {
   readonly invalidation: InvalidationMode;
   /** Drains the fault ring: every refused DMA since the last call, oldest first (see FaultLog). */
   faults(): FaultLog;
+  /** Drains the fault ring: every refused DMA since the last call, oldest first. */
+  faults(): Fault[];
+  /**
+   * The fault ring's overflow (VT-d's Primary Fault Overflow), read and cleared: null when every
+   * refused DMA since the last call was recorded; else a DmaError('ENOSPC') naming the ring's
+   * size, how many records were dropped and the device of the last one. A full ring never stops
+   * the IOMMU from refusing a DMA (dev.copy still rejects with EFAULT): only the record is lost,
+   * and counted in stats().faultsDropped. Drain with faults() to make room.
+   */
+  faultOverflow(): DmaError | null;
   /** Lazy mode: flush the flush queues now (ends the stale window). */
   flush(): void;
   /** The domain a device is attached to (null without an IOMMU). */
@@ -170,6 +183,7 @@ export class Machine {
       topology: this.config.topology,
       acsOverride: this.config.acsOverride,
       flushQueueSize: this.config.iommu.flushQueueSize,
+      aperturePages: (this.config.iommu.apertureEnd + 1) / 4096,
     });
     return this.pciState;
   }
@@ -218,6 +232,15 @@ export class Machine {
         Object.defineProperty(log, 'dropped', { value: total - this.faultsDroppedSeen, enumerable: false });
         this.faultsDroppedSeen = total;
         return log as FaultLog;
+      },
+      faultOverflow: () => {
+        const o = unit.faultRing.takeOverflow();
+        if (!o) return null;
+        const who = this.pci.describeRequester(o.lastRequesterId);
+        return new DmaError(
+          'ENOSPC',
+          `iommu: fault ring full: ${o.dropped} fault record(s) dropped since the last check (ring of ${unit.faultRing.capacity} records, config.iommu.faultRing; drain it with faults()); the last dropped was from device ${who.devices.join(', ') || who.bdf}`,
+        );
       },
       flush: () => dma.flush(),
       domainOf: (dev: Device) => unit.domainOfRequester(dev.requesterId),
@@ -370,6 +393,7 @@ export class Machine {
     let strict = 0;
     let lazy = 0;
     let flushes = this.flushes + this.pci.retiredFlushes();
+    let iovaPagesInUse = 0;
     for (const r of this.records.values()) devices[r.dev.bdf] = r.dev.counters();
     // Each domain once: a group's devices share theirs (and VFIO containers have their own).
     for (const d of this.pci.liveDomains()) {
@@ -377,6 +401,7 @@ export class Machine {
       strict += c.strict;
       lazy += c.lazy;
       flushes += d.fq.flushes();
+      if (d.type === 'dma') iovaPagesInUse += d.iova.pagesInUse();
     }
     return {
       bytes: sum('bytesRead') + sum('bytesWritten'),
@@ -398,6 +423,7 @@ export class Machine {
       dma,
       ramPagesInUse: this.ram.pagesInUse(),
       pageTablePages: this.unit.pool.inUse(),
+      iovaPagesInUse,
       p2pTransfers: sum('p2pTransfers'),
       p2pBytes: sum('p2pBytes'),
       devices,

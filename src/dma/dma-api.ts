@@ -280,7 +280,8 @@ export class DmaApi {
           mapped.push({ pa: e.pa as Pa, len: e.len, addr, bounced });
         }
       } catch (err) {
-        for (const e of mapped) directUnmap(this.swiotlb, dev, e.addr, e.len, dir);
+        // Linux's dma_direct_map_sg undo: the entries were never the device's, nothing to copy back.
+        for (const e of mapped) directUnmap(this.swiotlb, dev, e.addr, e.len, dir, true);
         throw err;
       }
       const segments = mergeDirectSg(mapped, dev.maxSegmentSize, dev.segmentBoundaryMask);
@@ -365,7 +366,13 @@ export class DmaApi {
     }
     const bytes = pageUp(size);
     const domain = this.translatingDomain(dev);
-    const buf = this.ram.alloc(bytes, domain ? {} : { below: dmaLimit(dev) });
+    let buf: { pa: Pa; size: number };
+    try {
+      buf = this.ram.alloc(bytes, domain ? {} : { below: dmaLimit(dev) });
+    } catch (e) {
+      if (!(e instanceof DmaError) || e.code !== 'ENOMEM') throw e;
+      throw new DmaError('ENOMEM', `dma: allocCoherent of ${bytes} bytes for device ${dev.bdf}: ${e.message.replace(/^ENOMEM: /, '')}`, { cause: e });
+    }
     this.ram.fill(buf.pa, bytes, 0); // dma_alloc_coherent memory is zeroed (Linux ≥ 5.0)
     let c: DmaCoherent;
     try {

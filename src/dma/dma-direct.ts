@@ -31,9 +31,12 @@ export function directMap(
   return { addr: dmaAddr(swiotlb.map(dev, pa, len, dir)), bounced: true };
 }
 
-/** dma_direct_unmap_page: a bounced mapping copies back (from-device) and frees its slots. */
-export function directUnmap(swiotlb: Swiotlb | null, dev: DmaDeviceInfo, addr: DmaAddr, len: number, dir: DmaDirection): void {
-  if (swiotlb && swiotlb.isSwiotlbBuffer(addr as number as Pa)) swiotlb.unmap(addr as number as Pa, len, dir, dev);
+/**
+ * dma_direct_unmap_page: a bounced mapping copies back (from-device) and frees its slots; with
+ * `skipCpuSync` (DMA_ATTR_SKIP_CPU_SYNC, as dma_direct_map_sg's undo passes it) it only frees.
+ */
+export function directUnmap(swiotlb: Swiotlb | null, dev: DmaDeviceInfo, addr: DmaAddr, len: number, dir: DmaDirection, skipCpuSync = false): void {
+  if (swiotlb && swiotlb.isSwiotlbBuffer(addr as number as Pa)) swiotlb.unmap(addr as number as Pa, len, dir, dev, skipCpuSync);
 }
 
 /** dma_direct_sync_single_for_{cpu,device}: only bounced mappings have anything to copy. */

@@ -32,9 +32,18 @@ export function iommuMapRange(domain: Domain, dev: DmaDeviceInfo, pa: Pa, len: n
     domain.map((page * PAGE_SIZE) as Iova, (pa - off) as Pa, npages * PAGE_SIZE, protOf(dir));
   } catch (e) {
     domain.iova.free(page, npages, dev.bdf);
-    throw e;
+    throw forDevice(e, `map of ${len} bytes at PA ${hex(pa)} for device ${dev.bdf}`);
   }
   return dmaAddr(page * PAGE_SIZE + off);
+}
+
+/**
+ * A page-table pool that ran dry ('ENOMEM') says which domain and IOVA; the DMA API adds the
+ * device and the size asked for (the code and the cause stay). Other errors pass unchanged.
+ */
+function forDevice(e: unknown, what: string): unknown {
+  if (!(e instanceof DmaError) || e.code !== 'ENOMEM') return e;
+  return new DmaError('ENOMEM', `dma: ${what}: ${e.message.replace(/^ENOMEM: /, '')}`, { cause: e });
 }
 
 function allocIova(domain: Domain, dev: DmaDeviceInfo, npages: number): number {
@@ -57,31 +66,32 @@ export function iommuMapSg(
   const page = allocIova(domain, dev, npages);
   const base = page * PAGE_SIZE;
   const prot = protOf(dir);
-  const mapped: Array<[number, number]> = [];
+  // Physically contiguous neighbours that are also IOVA-contiguous go in as one run; all runs
+  // are mapped as one all-or-nothing page-table operation (a failure leaves no PTE or table).
+  const runs: number[] = [];
   let done = 0;
-  try {
-    // Physically contiguous neighbours that are also IOVA-contiguous go in as one map call.
-    while (done < entries.length) {
-      let end = done + 1;
-      const runPa = entries[done].pa - layout.inPage[done];
-      let runLen = Math.ceil((entries[done].len + layout.inPage[done]) / PAGE_SIZE) * PAGE_SIZE;
-      while (
-        end < entries.length &&
-        layout.inPage[end] === 0 &&
-        runPa + runLen === entries[end].pa &&
-        layout.pageOffsets[done] + runLen === layout.pageOffsets[end]
-      ) {
-        runLen += Math.ceil(entries[end].len / PAGE_SIZE) * PAGE_SIZE;
-        end++;
-      }
-      domain.map((base + layout.pageOffsets[done]) as Iova, runPa as Pa, runLen, prot);
-      mapped.push([base + layout.pageOffsets[done], runLen]);
-      done = end;
+  while (done < entries.length) {
+    let end = done + 1;
+    const runPa = entries[done].pa - layout.inPage[done];
+    let runLen = Math.ceil((entries[done].len + layout.inPage[done]) / PAGE_SIZE) * PAGE_SIZE;
+    while (
+      end < entries.length &&
+      layout.inPage[end] === 0 &&
+      runPa + runLen === entries[end].pa &&
+      layout.pageOffsets[done] + runLen === layout.pageOffsets[end]
+    ) {
+      runLen += Math.ceil(entries[end].len / PAGE_SIZE) * PAGE_SIZE;
+      end++;
     }
+    runs.push(base + layout.pageOffsets[done], runPa, runLen);
+    done = end;
+  }
+  try {
+    domain.mapRuns(runs, base as Iova, npages * PAGE_SIZE, prot);
   } catch (e) {
-    for (const [iova, size] of mapped) domain.unmap(iova as Iova, size);
     domain.iova.free(page, npages, dev.bdf);
-    throw e;
+    const bytes = entries.reduce((a, x) => a + x.len, 0);
+    throw forDevice(e, `mapSg of ${entries.length} entries (${bytes} bytes) for device ${dev.bdf}`);
   }
   const addrs = entries.map((_, i) => dmaAddr(base + layout.pageOffsets[i] + layout.inPage[i]));
   return { segments: finaliseIommuSg(base, entries, layout, dev.maxSegmentSize, dev.segmentBoundaryMask), addrs, page, npages };

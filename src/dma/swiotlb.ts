@@ -388,9 +388,10 @@ export class Swiotlb {
 
   /**
    * swiotlb_tbl_unmap_single: copies the slot back to the original (from-device, bidirectional),
-   * then frees the slots. `tlbAddr`, `len` and `dir` must be those of the map.
+   * then frees the slots. `tlbAddr`, `len` and `dir` must be those of the map. `skipCpuSync`
+   * (DMA_ATTR_SKIP_CPU_SYNC) frees without copying back: the undo of a map the caller never used.
    */
-  unmap(tlbAddr: Pa | number, len: number, dir: BounceDirection, dev?: Pick<SwiotlbDevice, 'bdf'>): void {
+  unmap(tlbAddr: Pa | number, len: number, dir: BounceDirection, dev?: Pick<SwiotlbDevice, 'bdf'>, skipCpuSync = false): void {
     this.checkLive('unmap');
     const who = dev?.bdf !== undefined ? `device ${dev.bdf}` : 'its device';
     checkDir(dir, who);
@@ -404,7 +405,7 @@ export class Swiotlb {
       w[s + S_STATE] = STATE_DYING; // claimed: a racing unmap or sync of it now fails
       return { orig: this.heads[head * 2 + F_ORIG], head };
     });
-    if (dir !== 'to-device') this.bounce(Number(tlbAddr), m.orig, len, false);
+    if (dir !== 'to-device' && !skipCpuSync) this.bounce(Number(tlbAddr), m.orig, len, false);
     this.release(m.head);
   }
 

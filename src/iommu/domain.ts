@@ -12,7 +12,7 @@ import { DmaError } from '../errors.js';
 import { type Iova, type Pa, PAGE_SIZE } from '../addresses.js';
 import { TablePool } from './table-pool.js';
 import { PageTable, type PageTableHandle } from './page-table.js';
-import { DomainTable, type DomainType } from './domain-table.js';
+import { DomainTable, DOMAIN_DMA, type DomainType } from './domain-table.js';
 import { Invalidation } from './invalidation.js';
 import { DeviceEpochs } from './device-epoch.js';
 import { IovaAllocator, type IovaAllocatorHandle } from './iova.js';
@@ -34,6 +34,8 @@ export interface DomainOptions {
   pgsizeBitmap?: number;
   /** Capacity of the lazy-mode flush queue. */
   flushQueueSize?: number;
+  /** Pages of IOVA space its allocator hands out, [0, aperturePages) (geometry.aperture_end + 1). */
+  aperturePages?: number;
 }
 
 /** Per-thread views of an IOMMU's shared structures, built once per handle. */
@@ -56,6 +58,31 @@ function shared(h: IommuHandle): Shared {
     sharedCache.set(h, s);
   }
   return s;
+}
+
+/**
+ * Gives retired page-table pages back to the pool once no walker can hold one: the retired list
+ * is taken first, then every DMA domain with attached devices publishes a flush-all and waits
+ * until each of its devices has observed it or is outside a transfer (the strict-unmap wait, as
+ * synchronize_rcu), then the taken tables are freed. A device walks only its own domain's tables
+ * and re-reads its context after a flush, so after the wait none of them is reachable.
+ * Returns how many tables went back.
+ */
+function reclaimRetiredTables(s: Shared): number {
+  const taken = s.pool.takeRetired();
+  if (taken.length === 0) return 0;
+  for (let n = 0; n < s.domains.slots; n++) {
+    if (s.domains.typeCode(n) !== DOMAIN_DMA) continue;
+    if (s.domains.attachedMask(n, 0) === 0 && s.domains.attachedMask(n, 1) === 0) continue;
+    // ORDERING: the flush is published after the tables were unlinked (retire happened-before the
+    // take above); a device that observes it re-walks from the root and cannot reach them.
+    const gen = s.invalidation.publish(n, 0, 0, false);
+    for (let k = 0; k < 2; k++) {
+      for (let m = s.domains.attachedMask(n, k); m !== 0; m &= m - 1) s.epochs.waitFor(k * 32 + (31 - Math.clz32(m & -m)), gen);
+    }
+  }
+  s.pool.freeRetired(taken);
+  return taken.length;
 }
 
 export class Domain {
@@ -88,7 +115,7 @@ export class Domain {
       type,
       name,
       pt: pt ? { ...pt.handle, name } : null,
-      iova: IovaAllocator.create().handle,
+      iova: IovaAllocator.create(options.aperturePages).handle,
       fq: FlushQueue.create(options.flushQueueSize).handle,
     });
   }
@@ -115,9 +142,66 @@ export class Domain {
     return this.pt;
   }
 
-  /** iommu_map: maps [iova, iova + size) to [pa, pa + size) with IOMMU_READ/IOMMU_WRITE prot. */
+  /**
+   * iommu_map: maps [iova, iova + size) to [pa, pa + size) with IOMMU_READ/IOMMU_WRITE prot. All
+   * or nothing. A failed map retires the tables it had installed (a walker may be inside them);
+   * they and any other retired tables go back to the pool after a grace period, here, so a map
+   * that fails for want of page-table pages ('ENOMEM') costs the pool nothing. When the pool was
+   * empty only because of retired tables, the map is retried once after reclaiming them.
+   */
   map(iova: Iova, pa: Pa, size: number, prot: number): void {
-    this.table('map').map(iova, pa, size, prot);
+    const pt = this.table('map');
+    // Two plain try blocks, not a closure: this is on every mapSingle.
+    try {
+      pt.map(iova, pa, size, prot);
+      return;
+    } catch (e) {
+      if (!this.afterFailedMap(e, iova, size)) throw e;
+    }
+    try {
+      pt.map(iova, pa, size, prot);
+    } catch (e) {
+      this.afterFailedMap(e, iova, size);
+      throw e;
+    }
+  }
+
+  /**
+   * Several disjoint runs ([iova, pa, size] triples, all inside [iova, iova + span)) mapped all or
+   * nothing, as map() maps one (the sg path of the DMA API).
+   */
+  mapRuns(runs: readonly number[], iova: Iova, span: number, prot: number): void {
+    const pt = this.table('map');
+    try {
+      pt.mapRuns(runs, prot);
+      return;
+    } catch (e) {
+      if (!this.afterFailedMap(e, iova, span)) throw e;
+    }
+    try {
+      pt.mapRuns(runs, prot);
+    } catch (e) {
+      this.afterFailedMap(e, iova, span);
+      throw e;
+    }
+  }
+
+  /**
+   * After a failed map (whose leaves are cleared again): a device that walked into the range
+   * meanwhile drops what it cached (strict invalidation of the range), and retired tables go back
+   * to the pool. Returns whether the map is worth one retry: it ran out of tables ('ENOMEM') and
+   * more went back than its own rollback had retired.
+   */
+  private afterFailedMap(e: unknown, iova: Iova, size: number): boolean {
+    // Only these come after leaves may have gone in (EINVAL, ENOENT: refused before any did).
+    const enomem = e instanceof DmaError && e.code === 'ENOMEM';
+    if (enomem || (e instanceof DmaError && e.code === 'EEXIST')) {
+      this.invalidate(Math.floor(iova / PAGE_SIZE), Math.ceil(size / PAGE_SIZE));
+    }
+    const ownRetired = enomem ? (this.pt?.retiredByLastRollback ?? 0) : 0;
+    const reclaimed = this.s.pool.retiredCount() > 0 ? reclaimRetiredTables(this.s) : 0;
+    // Worth a retry only when tables came back beyond the ones this map itself had installed.
+    return enomem && reclaimed > ownRetired;
   }
 
   /** iommu_unmap, strict: returns the bytes cleared once no attached device can use them. */

@@ -8,6 +8,8 @@
  *   [2] overflow  records refused because the ring was full (never lost silently: counted)
  *   [3] capacity  number of records
  *   [4] recorded  records ever claimed (head without wrap concerns, for statistics)
+ *   [5] lastDropped  requester ID of the last record refused (producers store it after counting)
+ *   [6] reported  overflow already reported by takeOverflow (only the consumer writes it)
  *   [8 + 8*i ...] record i: seq, requesterId, addrLo, addrHi, flags, domain, info, reserved
  *                 flags: bit 0 = write access, bits 4..7 = reason
  * Protocol: a producer claims sequence h (head → h+1) only while h - tail < capacity, writes the
@@ -45,6 +47,8 @@ const TAIL = 1;
 const OVERFLOW = 2;
 const CAPACITY = 3;
 const RECORDED = 4;
+const LAST_DROPPED = 5;
+const REPORTED = 6;
 const RECORDS = 8;
 const RECORD_WORDS = 8;
 
@@ -82,6 +86,8 @@ export class FaultRing {
       const t = Atomics.load(w, TAIL);
       if (((h - t) | 0) >= this.capacity) {
         Atomics.add(w, OVERFLOW, 1);
+        // ORDERING: a plain "last one wins" word, read only to name a device in the report.
+        Atomics.store(w, LAST_DROPPED, requesterId);
         return false;
       }
       // ORDERING: claiming h with compareExchange makes this producer the only writer of slot h.
@@ -127,6 +133,21 @@ export class FaultRing {
   /** Records refused because the ring was full. */
   overflowed(): number {
     return Atomics.load(this.w, OVERFLOW);
+  }
+
+  /**
+   * VT-d's Primary Fault Overflow, read and cleared: how many records were refused since the last
+   * call and who the last one was from, or null when none was. Consumer only, like drain().
+   */
+  takeOverflow(): { dropped: number; lastRequesterId: number } | null {
+    const w = this.w;
+    // ORDERING: the overflow count is loaded before lastDropped; a producer stores lastDropped
+    // after counting, so a newer ID than the count covers is possible, an older one is not.
+    const total = Atomics.load(w, OVERFLOW);
+    const dropped = (total - Atomics.load(w, REPORTED)) | 0;
+    if (dropped === 0) return null;
+    Atomics.store(w, REPORTED, total);
+    return { dropped, lastRequesterId: Atomics.load(w, LAST_DROPPED) };
   }
 
   /** Records ever written (including those already drained). */

@@ -197,6 +197,8 @@ export class PageTable {
    *  quadruples. Retired when the map succeeds, swapped back (and thawed) when it fails. */
   private readonly replaced: number[] = [];
   private replacedN = 0;
+  /** Tables the last failed map of this thread retired in its rollback (its own, not others'). */
+  retiredByLastRollback = 0;
   /** For error messages: the entry a freeze ran into. */
   private conflictEntry = 0;
   private conflictLevel = 0;
@@ -264,7 +266,48 @@ export class PageTable {
         left -= pgsize;
       }
     } catch (err) {
-      this.rollback(iova, cur);
+      this.rollback([iova, cur]);
+      throw err;
+    }
+    if (this.replacedN !== 0) this.retireReplaced();
+  }
+
+  /**
+   * Maps several disjoint runs — `runs` holds [iova, pa, size] triples — as one all-or-nothing
+   * map (dma-iommu's map_sg: one IOVA range, an entry or a physically contiguous run at each
+   * place): when any run fails, the leaves of every run are cleared and the tables any of them
+   * installed detached, as a failed map() leaves the table.
+   */
+  mapRuns(runs: readonly number[], prot: number): void {
+    this.checkLive('map');
+    if (runs.length === 0 || runs.length % 3 !== 0) {
+      throw new DmaError('EINVAL', `${this.name}: mapRuns needs [iova, pa, size] triples (got ${runs.length} numbers)`);
+    }
+    for (let i = 0; i < runs.length; i += 3) this.checkMapArgs(runs[i], runs[i + 1], runs[i + 2], prot);
+    const leafBits =
+      PTE_VALID | PTE_LEAF | ((prot & IOMMU_READ) !== 0 ? PTE_READ : 0) | ((prot & IOMMU_WRITE) !== 0 ? PTE_WRITE : 0);
+    this.installedN = 0;
+    this.replacedN = 0;
+    let i = 0;
+    let cur = 0;
+    try {
+      for (; i < runs.length; i += 3) {
+        cur = runs[i];
+        let phys = runs[i + 1];
+        let left = runs[i + 2];
+        while (left > 0) {
+          const pgsize = this.pickPageSize(cur, phys, left);
+          this.installLeaf(cur, phys, pgsize, leafBits);
+          cur += pgsize;
+          phys += pgsize;
+          left -= pgsize;
+        }
+      }
+    } catch (err) {
+      const done: number[] = [];
+      for (let j = 0; j < i; j += 3) done.push(runs[j], runs[j] + runs[j + 2]);
+      done.push(runs[i], cur);
+      this.rollback(done);
       throw err;
     }
     if (this.replacedN !== 0) this.retireReplaced();
@@ -401,11 +444,15 @@ export class PageTable {
     return old;
   }
 
-  /** Undo a failed map: clear the leaves it installed in [start, end), then detach its tables. */
-  private rollback(start: number, end: number): void {
+  /**
+   * Undo a failed map: clear the leaves it installed in the [start, end) pairs of `ranges`, then
+   * detach its tables.
+   */
+  private rollback(ranges: readonly number[]): void {
     // Blocks that replaced empty subtrees get their (still frozen, still empty) subtree back, so a
     // failed map leaves even the table structure as it found it.
     const r = this.replaced;
+    const retiredBefore = this.pool.retiredCount();
     for (let i = this.replacedN - 4; i >= 0; i -= 4) {
       // ORDERING: CAS block → table; the subtree was frozen all along, so nothing was added to it.
       if (Atomics.compareExchange(this.entries, r[i], r[i + 2], r[i + 1]) === r[i + 2]) {
@@ -415,10 +462,12 @@ export class PageTable {
       }
     }
     this.replacedN = 0;
-    if (end > start) this.clear(start, end);
+    for (let i = 0; i < ranges.length; i += 2) if (ranges[i + 1] > ranges[i]) this.clear(ranges[i], ranges[i + 1]);
     const ins = this.installed;
     for (let i = this.installedN - 2; i >= 0; i -= 2) this.detachIfEmpty(ins[i], ins[i + 1]);
     this.installedN = 0;
+    // Other threads may retire meanwhile: this can count theirs too, never fewer than ours.
+    this.retiredByLastRollback = this.pool.retiredCount() - retiredBefore;
   }
 
   /** The map succeeded: the subtrees its blocks replaced are unlinked for good. */

@@ -19,7 +19,7 @@
  * Who writes what: alloc pops FREE_HEAD (CAS) and moves state FREE→IN_USE; free moves
  * IN_USE→FREE then pushes (CAS); retire moves IN_USE→RETIRED then pushes RETIRED_HEAD (CAS);
  * reclaimRetired takes the whole retired stack with one exchange and pushes each table on the free
- * stack. Any thread may call any of them. A table's entries are written only by whoever holds it
+ * stack (or takeRetired takes it, and freeRetired pushes them after the caller's grace period). Any thread may call any of them. A table's entries are written only by whoever holds it
  * (alloc zeroes them with plain stores before handing it out).
  *
  * Invariants: a table index is on at most one stack, and its state word says which (transitions
@@ -208,22 +208,37 @@ export class TablePool {
    * hold any of them (e.g. after an invalidation that every device has observed). Returns how many.
    */
   reclaimRetired(): number {
+    const taken = this.takeRetired();
+    this.freeRetired(taken);
+    return taken.length;
+  }
+
+  /**
+   * Takes every table retired so far off the retired stack (they stay RETIRED and counted in use):
+   * the first half of a reclaim whose caller waits for a grace period before freeRetired(them).
+   */
+  takeRetired(): number[] {
     // ORDERING: one exchange takes the whole retired list; pushes racing with it land on the new
-    // (empty) list and wait for the next reclaim.
+    // (empty) list and wait for the next reclaim. The taken links are ours alone from here on.
     let t = Atomics.exchange(this.header, H_RETIRED_HEAD, 0);
-    let n = 0;
+    const out: number[] = [];
     while (t !== 0) {
-      const nextT = Atomics.load(this.next, t);
+      out.push(t);
+      t = Atomics.load(this.next, t);
+    }
+    return out;
+  }
+
+  /** Frees tables takeRetired() returned, once no walker can hold them. */
+  freeRetired(tables: readonly number[]): void {
+    for (const t of tables) {
       // ORDERING: state CAS, as in free.
       const was = Atomics.compareExchange(this.state, t, RETIRED, FREE);
       if (was !== RETIRED) throw this.stateError(t, 'reclaim', was);
       Atomics.sub(this.header, H_RETIRED_COUNT, 1); // ORDERING: counters only.
       Atomics.sub(this.header, H_IN_USE, 1);
       this.pushFree(t);
-      n++;
-      t = nextT;
     }
-    return n;
   }
 
   /** Tables not on the free stack: allocated or retired. */
