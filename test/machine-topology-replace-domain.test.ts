@@ -20,7 +20,7 @@ import { allBytes, until } from './support.js';
 
 const engineModule = pathToFileURL(resolve(__dirname, '../dist/src/device/dma-engine.js')).href;
 const IOVA = 0x30_0000;
-// sig: [0] translated in A, held  [1] first transfer ended  [2] go second  [3] second result
+// sig: [0] translated in A, held  [1] first transfer's bytes written (just before end())  [2] go second  [3] second result
 //      [4] first result  [5] context seen empty (-1) while held  [6] still busy when B was seen
 const deviceSource = `
 const { workerData: wd } = require('node:worker_threads');
@@ -40,8 +40,10 @@ import(${JSON.stringify(engineModule)}).then(({ DmaEngine, RunList }) => {
   }
   Atomics.store(sig, 6, e.epochs.isBusy(wd.slot) ? 1 : 0);
   if (ok1) e.fillRuns(runs, 0xaa);                          // completes through A's translation
-  e.end();
+  // Marked before end(): once end() leaves the transfer, replaceDomain may return at once, before
+  // a store placed after end() is visible.
   Atomics.store(sig, 1, 1);
+  e.end();
   while (Atomics.load(sig, 2) === 0) Atomics.wait(sig, 2, 0, 5);
   e.begin();
   const ok2 = e.translate(${IOVA}, 4096, true, runs);
