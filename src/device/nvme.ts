@@ -159,6 +159,18 @@ export class NvmeDriver {
     return { verified: true, bytes: 2 * len, detail: null };
   }
 
+  /**
+   * READ or WRITE of `len` bytes at `lba` over DMA segments the caller mapped (and syncs): the
+   * PRPs are built from the segments as nvme_map_data does after dma_map_sg. Resolves with the
+   * completion whatever its status (a scenario workload counts failures instead of throwing).
+   */
+  submitIo(op: 'read' | 'write', lba: number, segments: readonly DmaSegment[], len: number): Promise<NvmeCompletion> {
+    const name = op === 'read' ? 'READ' : 'WRITE';
+    if (!Number.isInteger(lba) || lba < 0 || lba > 0xffffffff) throw new DmaError('EINVAL', `nvme ${this.dev.bdf}: ${name} LBA ${String(lba)} must be a u32`);
+    if (!Array.isArray(segments) || segments.length === 0) throw new DmaError('EINVAL', `nvme ${this.dev.bdf}: ${name} needs a non-empty array of DMA segments { addr, len }`);
+    return this.io(op === 'read' ? NVME_CMD_READ : NVME_CMD_WRITE, lba, this.blocksOf(len, name), segments);
+  }
+
   /** Frees the PRP-list pools ('EBUSY' while a command is outstanding). */
   close(): void {
     this.prpPagePool.destroy();
