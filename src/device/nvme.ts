@@ -78,6 +78,8 @@ interface Prps {
 
 export class NvmeDriver {
   readonly ns: NvmeNamespace;
+  /** Commands whose PRP2 pointed to a PRP list, and the page entries those lists held (chain pointers not counted). */
+  readonly prpStats = { listCommands: 0, listEntries: 0 };
   private readonly prpPagePool: DmaPool;
   private readonly prpSmallPool: DmaPool;
 
@@ -244,6 +246,8 @@ export class NvmeDriver {
       rest -= n;
     }
     const lists = counts.map(() => pool.alloc());
+    this.prpStats.listCommands++;
+    this.prpStats.listEntries += pages.length;
     let k = 0;
     counts.forEach((n, li) => {
       const chained = li < counts.length - 1;

@@ -49,6 +49,8 @@ export interface IoQueue {
   submit(io: IoRequest): Promise<IoStatus>;
   /** Frees what the queue holds (its driver's pools); call when no I/O is in flight. */
   close(): Promise<void>;
+  /** What the model's driver counted (e.g. nvme's PRP lists), for the summary row. */
+  stats?(): Record<string, number>;
 }
 
 /** A problem with a scenario for this model, on the device entry or on its workload. */

@@ -84,6 +84,7 @@ export const nvmeIo: IoModel = {
       async close() {
         nvme.close();
       },
+      stats: () => ({ prpListCommands: nvme.prpStats.listCommands, prpListEntries: nvme.prpStats.listEntries }),
     };
   },
 };

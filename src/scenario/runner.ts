@@ -40,6 +40,8 @@ export interface RunScenarioOptions {
   progressIntervalMs?: number;
   /** More machine configuration (e.g. tracing), merged over what the scenario gives. */
   machine?: Partial<MachineConfig>;
+  /** Called with the machine once it exists (it is closed when runScenario returns; `m.trace` still reads). */
+  onMachine?: (m: Machine) => void;
 }
 
 export interface Percentiles {
@@ -74,6 +76,8 @@ export interface DeviceRow {
   failed: number;
   /** Descriptors (commands) the device executed in the run: copies, NVMe READ/WRITEs, NIC TX and RX posts — one transfer slice each in a trace. */
   descriptors: number;
+  /** What the model's driver counted (nvme: prpListCommands, prpListEntries); empty for the copy engine. */
+  modelStats: Record<string, number>;
 }
 
 export interface ScenarioSummary {
@@ -128,6 +132,7 @@ interface Lane {
 
 export async function runScenario(s: Scenario, options: RunScenarioOptions = {}): Promise<ScenarioSummary> {
   const m = await Machine.create(scenarioMachineConfig(s, options.machine));
+  options.onMachine?.(m);
   let pool: DriverPool | null = null;
   let timer: ReturnType<typeof setInterval> | null = null;
   const lanes: Lane[] = [];
@@ -213,6 +218,7 @@ export async function runScenario(s: Scenario, options: RunScenarioOptions = {})
         mismatches: r.mismatches,
         failed: r.failed,
         descriptors: c.descriptors - l.descriptors0,
+        modelStats: l.queue.stats?.() ?? {},
       };
     });
     const bytes = devices.reduce((a, d) => a + d.bytes, 0);
