@@ -147,7 +147,7 @@ export const scenarioSchema = z
       const di = seen.get(key);
       if (di === undefined) return;
       const d = s.devices[di];
-      for (const issue of IO_MODELS[d.model].check?.(d, w) ?? []) {
+      for (const issue of IO_MODELS[d.model]?.check?.(d, w) ?? []) {
         ctx.addIssue({ code: 'custom', path: issue.on === 'device' ? ['devices', di, ...issue.path] : ['workloads', i, ...issue.path], message: issue.message });
       }
     });
