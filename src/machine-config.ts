@@ -20,7 +20,7 @@ export const nvmeOptionsSchema = z
   .refine((o) => o.size % o.lbaSize === 0, { message: 'size must be a multiple of lbaSize', path: ['size'] });
 
 /** The nic model's wire. */
-const nicOptionsSchema = z
+export const nicOptionsSchema = z
   .object({
     /** loopback: a transmitted frame is received into the next posted RX buffers. */
     wire: z.enum(['loopback']).default('loopback'),

@@ -26,7 +26,7 @@ describe('the default scenario (npm start), at small size', () => {
         expect(s.dma.iommuMaps).toBe(160);
       }
       const table = formatScenarioSummary(s);
-      expect(table).toContain('0000:00:03.0  32-bit  contiguous above 4 GiB');
+      expect(table).toContain('0000:00:03.0  copy-engine  32-bit  contiguous above 4 GiB');
       expect(table).toContain('40 ok');
     });
   }

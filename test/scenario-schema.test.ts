@@ -45,8 +45,8 @@ describe('scenario schema', () => {
 
   it('names the field of an unknown device model and lists the models with an adapter', () => {
     const s = base();
-    (s.devices[0] as Record<string, unknown>).model = 'nvme';
-    expect(errorOf(s)).toMatch(/scenario\.devices\[0\]\.model: must be a device model with a workload adapter \(copy-engine\).*"nvme"/);
+    (s.devices[0] as Record<string, unknown>).model = 'hostile';
+    expect(errorOf(s)).toMatch(/scenario\.devices\[0\]\.model: must be a device model with a workload adapter \(copy-engine, nvme, nic\).*"hostile"/);
   });
 
   it('names the field inside a size distribution whose max is below its min', () => {

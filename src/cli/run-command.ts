@@ -1,7 +1,7 @@
 /**
  * `dmaemu run [scenario.json]`: runs a scenario file, or the built-in default scenario
  * (src/scenario/default-scenario.ts) without one, and prints the summary table (or JSON).
- * Flags override the file. Exit status: 1 when any transfer failed verification or did not
+ * Flags override the file; `--trace out.json` also writes the run's DMA timeline (run-trace.ts). Exit status: 1 when any transfer failed verification or did not
  * complete; a bad or unreadable file is a `dmaemu: …` message and status 2 (bin/dmaemu.ts).
  */
 import { Command, Option } from 'commander';
@@ -13,6 +13,8 @@ import { runScenario } from '../scenario/runner.js';
 import { ProgressLine } from '../scenario/progress.js';
 import { formatScenarioSummary } from '../scenario/summary-table.js';
 import type { IommuMode } from '../scenario/scenario-schema.js';
+import type { Machine } from '../machine.js';
+import { RUN_TRACE_EVENTS, runTraceConfig, writeRunTrace } from './run-trace.js';
 
 interface RunFlags {
   mode?: IommuMode;
@@ -21,6 +23,8 @@ interface RunFlags {
   seed?: number;
   verify: boolean;
   json?: boolean;
+  trace?: string;
+  traceEvents?: number;
 }
 
 const number = (flag: string) => (v: string): number => {
@@ -43,6 +47,8 @@ export function registerRunCommand(program: Command): Command {
     .option('--seed <n>', 'seed of transfer sizes, buffer placement and data', number('--seed'))
     .option('--no-verify', 'do not check every transfer\'s data (faster; mismatches are then not detected)')
     .option('--json', 'print the summary as JSON on stdout (no progress line)')
+    .option('--trace <out.json>', 'record the DMA timeline and write it as Chrome Trace Event JSON (open in Perfetto): a track per device and driver thread, a slice per transfer and DMA API call')
+    .option('--trace-events <n>', `events each thread's trace ring keeps (default ${RUN_TRACE_EVENTS}; later ones are dropped and counted)`, number('--trace-events'))
     .action(async (file: string | undefined, o: RunFlags) => {
       const base = file !== undefined ? loadScenarioFile(file) : resolveScenario(DEFAULT_SCENARIO, process.cwd(), 'built-in default scenario');
       const overrides: ScenarioOverrides = {
@@ -54,14 +60,19 @@ export function registerRunCommand(program: Command): Command {
         ...(o.verify === false ? { verify: false } : {}),
       };
       const scenario = applyOverrides(base, overrides);
+      if (o.traceEvents !== undefined && o.trace === undefined) throw new DmaError('EINVAL', 'run: --trace-events needs --trace <out.json>');
+      const machine = o.trace !== undefined ? runTraceConfig(scenario, o.traceEvents) : {};
       const line = new ProgressLine(process.stderr, { json: o.json });
       let summary;
+      let m: Machine | null = null;
       try {
-        summary = await runScenario(scenario, { onProgress: (p) => line.update(p) });
+        summary = await runScenario(scenario, { onProgress: (p) => line.update(p), machine, onMachine: (x) => (m = x) });
       } finally {
         line.done();
       }
       process.stdout.write(o.json ? JSON.stringify(summary, null, 2) + '\n' : formatScenarioSummary(summary) + '\n');
+      // The machine is closed by now; its trace rings still read.
+      if (o.trace !== undefined) (o.json ? process.stderr : process.stdout).write((await writeRunTrace((m as Machine | null)?.trace ?? null, o.trace)) + '\n');
       if (summary.devices.some((d) => d.mismatches > 0 || d.failed > 0)) process.exitCode = 1;
     });
 }

@@ -159,27 +159,11 @@ export class NicDriver {
     if (!Number.isInteger(len) || len <= 0 || len > Math.min(txHave, rxHave, NIC_MAX_FRAME)) {
       throw new DmaError('EINVAL', `nic ${this.dev.bdf}: verifiedIo length ${String(len)} must be in [1, ${Math.min(txHave, rxHave, NIC_MAX_FRAME)}] (the mapped buffers, one frame)`);
     }
-    if (this.rx.length > 0) throw new DmaError('EBUSY', `nic ${this.dev.bdf}: verifiedIo with ${this.rx.length} postRx buffer(s) waiting: they would receive its frame`);
-    this.checkRoom();
+    this.checkLoopback('verifiedIo'); // before the buffers are written: nothing half-done
     const want = ioPattern(len, io.seed ?? 0);
     writeEntries(this.host.ram, tx, want);
     this.host.dma.syncForDevice(this.dev, tx);
-    const rxTable = this.writeTable(rx.segments);
-    let rc: Completion;
-    let tc: Completion;
-    this.rawRx++;
-    try {
-      const rxDone = this.dev.submit(rxTable.addr, 0, rxHave, NIC_OP_RX, rx.segments.length);
-      tc = await this.transmitSegments(truncate(tx.segments, len));
-      if (tc.status !== 'ok') {
-        // Nothing reached the wire: give the posted buffers back.
-        await this.dev.submit(0, 0, 0, NIC_OP_RX_RESET);
-      }
-      rc = await rxDone;
-    } finally {
-      this.rawRx--;
-      this.tables.release(rxTable);
-    }
+    const { tx: tc, rx: rc } = await this.loopback(truncate(tx.segments, len), rx.segments, 'verifiedIo');
     if (tc.status !== 'ok') return { verified: false, bytes: 0, detail: `TX ${tc.status}` };
     if (rc.status !== 'ok') return { verified: false, bytes: len, detail: `RX ${rc.status}` };
     this.host.dma.syncForCpu(this.dev, rx);
@@ -189,6 +173,35 @@ export class NicDriver {
     const bad = firstDifference(readEntries(this.host.ram, rx, len), want);
     if (bad >= 0) return { verified: false, bytes: 2 * len, detail: `RX byte ${bad} differs from the frame sent` };
     return { verified: true, bytes: 2 * len, detail: null };
+  }
+
+  /**
+   * One frame over DMA segments the caller mapped (and syncs): posts `rx` as the next receive
+   * buffers, transmits `tx` on the loopback wire into them, and resolves with both completions
+   * whatever their status (a TX that failed takes the RX buffers back: RX 'aborted'). RX and TX
+   * are posted in the same turn, so frames of concurrent calls land in their own buffers as
+   * long as the ring has room for both (the caller keeps at most queueDepth / 2 calls going).
+   */
+  async loopback(tx: readonly DmaSegment[], rx: readonly DmaSegment[], op = 'loopback'): Promise<{ tx: Completion; rx: Completion }> {
+    this.checkOpen(op);
+    this.checkSegments(op, tx);
+    const rxHave = this.checkSegments(op, rx); // what the device is told
+    this.checkLoopback(op);
+    const rxTable = this.writeTable(rx);
+    this.rawRx++;
+    try {
+      const rxDone = this.dev.submit(rxTable.addr, 0, rxHave, NIC_OP_RX, rx.length);
+      rxDone.catch(() => undefined); // awaited below; a failed TX submit must not leave it unhandled
+      const tc = await this.transmitSegments(tx);
+      if (tc.status !== 'ok') {
+        // Nothing reached the wire: give the posted buffers back.
+        await this.dev.submit(0, 0, 0, NIC_OP_RX_RESET);
+      }
+      return { tx: tc, rx: await rxDone };
+    } finally {
+      this.rawRx--;
+      this.tables.release(rxTable);
+    }
   }
 
   /** Takes back every posted RX buffer (the device completes them 'aborted'), then frees the pool. */
@@ -220,6 +233,12 @@ export class NicDriver {
     const table = this.tables.alloc();
     this.host.ram.write(table.cpuAddr, bytes); // coherent: no sync
     return table;
+  }
+
+  /** A loopback frame's RX buffers must be the next to receive, and need a ring slot. */
+  private checkLoopback(op: string): void {
+    if (this.rx.length > 0) throw new DmaError('EBUSY', `nic ${this.dev.bdf}: ${op} with ${this.rx.length} postRx buffer(s) waiting: they would receive its frame`);
+    this.checkRoom();
   }
 
   /** Room for one more RX descriptor with a slot left for a TX. */

@@ -78,6 +78,8 @@ interface Prps {
 
 export class NvmeDriver {
   readonly ns: NvmeNamespace;
+  /** Commands whose PRP2 pointed to a PRP list, and the page entries those lists held (chain pointers not counted). */
+  readonly prpStats = { listCommands: 0, listEntries: 0 };
   private readonly prpPagePool: DmaPool;
   private readonly prpSmallPool: DmaPool;
 
@@ -159,6 +161,18 @@ export class NvmeDriver {
     return { verified: true, bytes: 2 * len, detail: null };
   }
 
+  /**
+   * READ or WRITE of `len` bytes at `lba` over DMA segments the caller mapped (and syncs): the
+   * PRPs are built from the segments as nvme_map_data does after dma_map_sg. Resolves with the
+   * completion whatever its status (a scenario workload counts failures instead of throwing).
+   */
+  submitIo(op: 'read' | 'write', lba: number, segments: readonly DmaSegment[], len: number): Promise<NvmeCompletion> {
+    const name = op === 'read' ? 'READ' : 'WRITE';
+    if (!Number.isInteger(lba) || lba < 0 || lba > 0xffffffff) throw new DmaError('EINVAL', `nvme ${this.dev.bdf}: ${name} LBA ${String(lba)} must be a u32`);
+    if (!Array.isArray(segments) || segments.length === 0) throw new DmaError('EINVAL', `nvme ${this.dev.bdf}: ${name} needs a non-empty array of DMA segments { addr, len }`);
+    return this.io(op === 'read' ? NVME_CMD_READ : NVME_CMD_WRITE, lba, this.blocksOf(len, name), segments);
+  }
+
   /** Frees the PRP-list pools ('EBUSY' while a command is outstanding). */
   close(): void {
     this.prpPagePool.destroy();
@@ -232,6 +246,8 @@ export class NvmeDriver {
       rest -= n;
     }
     const lists = counts.map(() => pool.alloc());
+    this.prpStats.listCommands++;
+    this.prpStats.listEntries += pages.length;
     let k = 0;
     counts.forEach((n, li) => {
       const chained = li < counts.length - 1;

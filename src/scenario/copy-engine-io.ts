@@ -11,34 +11,36 @@ import type { IoModel, IoRequest, IoStatus } from './io-model.js';
 
 export const copyEngineIo: IoModel = {
   model: 'copy-engine',
-  async submit(dev: Device, io: IoRequest): Promise<IoStatus> {
-    const pending: Array<Promise<{ status: IoStatus }>> = [];
-    let r = 0;
-    let w = 0;
-    let rOff = 0;
-    let wOff = 0;
-    let left = io.len;
-    while (left > 0) {
-      const rs = io.reads[r];
-      const ws = io.writes[w];
-      if (!rs || !ws) {
-        throw new DmaError('EINVAL', `copy-engine I/O on device ${dev.bdf}: segments cover fewer than its ${io.len} bytes`);
-      }
-      const n = Math.min(rs.len - rOff, ws.len - wOff, left, MAX_TRANSFER);
-      pending.push(dev.submit(rs.addr + rOff, ws.addr + wOff, n, 0));
-      left -= n;
-      rOff += n;
-      wOff += n;
-      if (rOff === rs.len) {
-        r++;
-        rOff = 0;
-      }
-      if (wOff === ws.len) {
-        w++;
-        wOff = 0;
-      }
-    }
-    const done = await Promise.all(pending);
-    return done.find((c) => c.status !== 'ok')?.status ?? 'ok';
-  },
+  open: ({ dev }) => ({ submit: (io) => submitCopies(dev, io), close: async () => undefined }),
 };
+
+async function submitCopies(dev: Device, io: IoRequest): Promise<IoStatus> {
+  const pending: Array<Promise<{ status: IoStatus }>> = [];
+  let r = 0;
+  let w = 0;
+  let rOff = 0;
+  let wOff = 0;
+  let left = io.len;
+  while (left > 0) {
+    const rs = io.reads[r];
+    const ws = io.writes[w];
+    if (!rs || !ws) {
+      throw new DmaError('EINVAL', `copy-engine I/O on device ${dev.bdf}: segments cover fewer than its ${io.len} bytes`);
+    }
+    const n = Math.min(rs.len - rOff, ws.len - wOff, left, MAX_TRANSFER);
+    pending.push(dev.submit(rs.addr + rOff, ws.addr + wOff, n, 0));
+    left -= n;
+    rOff += n;
+    wOff += n;
+    if (rOff === rs.len) {
+      r++;
+      rOff = 0;
+    }
+    if (wOff === ws.len) {
+      w++;
+      wOff = 0;
+    }
+  }
+  const done = await Promise.all(pending);
+  return done.find((c) => c.status !== 'ok')?.status ?? 'ok';
+}

@@ -19,11 +19,11 @@ import { summarize } from '../dma/latency.js';
 import { PAGE_SIZE } from '../addresses.js';
 import { normalizeBdf } from '../pci/bdf.js';
 import { IO_MODELS } from './io-models.js';
-import { IO_STATUS_CODES, type IoModel, type IoStatus } from './io-model.js';
+import { IO_STATUS_CODES, concurrencyOf, type IoQueue, type IoStatus } from './io-model.js';
 import { WorkloadDriver, type WorkloadResult } from './workload.js';
 import { sizeSampler } from './size-sampler.js';
 import { fmtBytes } from './byte-size.js';
-import type { Scenario, Workload } from './scenario-schema.js';
+import type { Scenario, ScenarioDevice, Workload } from './scenario-schema.js';
 
 export interface ScenarioProgress {
   transfers: number;
@@ -40,6 +40,8 @@ export interface RunScenarioOptions {
   progressIntervalMs?: number;
   /** More machine configuration (e.g. tracing), merged over what the scenario gives. */
   machine?: Partial<MachineConfig>;
+  /** Called with the machine once it exists (it is closed when runScenario returns; `m.trace` still reads). */
+  onMachine?: (m: Machine) => void;
 }
 
 export interface Percentiles {
@@ -72,6 +74,10 @@ export interface DeviceRow {
   mismatches: number;
   /** I/Os the device did not complete ok. */
   failed: number;
+  /** Descriptors (commands) the device executed in the run: copies, NVMe READ/WRITEs, NIC TX and RX posts — one transfer slice each in a trace. */
+  descriptors: number;
+  /** What the model's driver counted (nvme: prpListCommands, prpListEntries); empty for the copy engine. */
+  modelStats: Record<string, number>;
 }
 
 export interface ScenarioSummary {
@@ -113,7 +119,11 @@ const countOf = (w: Workload): number | undefined => (w.durationMs !== undefined
 interface Lane {
   w: Workload;
   dev: Device;
-  model: IoModel;
+  device: ScenarioDevice;
+  queue: IoQueue;
+  queueClosed: boolean;
+  /** The device's descriptor count before the run. */
+  descriptors0: number;
   done: number;
   bytes: number;
   seconds: number;
@@ -122,19 +132,29 @@ interface Lane {
 
 export async function runScenario(s: Scenario, options: RunScenarioOptions = {}): Promise<ScenarioSummary> {
   const m = await Machine.create(scenarioMachineConfig(s, options.machine));
+  options.onMachine?.(m);
   let pool: DriverPool | null = null;
   let timer: ReturnType<typeof setInterval> | null = null;
+  const lanes: Lane[] = [];
   try {
-    const devs = new Map<string, { dev: Device; model: string; dmaMask: number }>();
+    const devs = new Map<string, { dev: Device; device: ScenarioDevice }>();
     for (const d of s.devices) {
-      const dev = await m.addDevice({ bdf: d.bdf, model: d.model as ModelName, dmaMask: d.dmaMask, queueDepth: d.queueDepth });
-      devs.set(dev.bdf, { dev, model: d.model, dmaMask: d.dmaMask });
+      const dev = await m.addDevice({
+        bdf: d.bdf,
+        model: d.model as ModelName,
+        dmaMask: d.dmaMask,
+        queueDepth: d.queueDepth,
+        ...(d.nvme !== undefined ? { nvme: d.nvme } : {}),
+        ...(d.nic !== undefined ? { nic: d.nic } : {}),
+      });
+      devs.set(dev.bdf, { dev, device: d });
     }
     // What the devices' own rings hold; anything above this after the run is a leak.
     const base = m.stats();
-    const lanes: Lane[] = s.workloads.map((w) => {
-      const d = devs.get(normalizeBdf(w.device)!)!;
-      return { w, dev: d.dev, model: IO_MODELS[d.model], done: 0, bytes: 0, seconds: 0, result: emptyResult() };
+    s.workloads.forEach((w, i) => {
+      const { dev, device } = devs.get(normalizeBdf(w.device)!)!;
+      const queue = IO_MODELS[device.model].open({ host: m, dev, device, workload: w, concurrency: concurrencyOf(w), verify: s.verify, seed: s.seed * 31 + i });
+      lanes.push({ w, dev, device, queue, queueClosed: false, descriptors0: dev.counters().descriptors, done: 0, bytes: 0, seconds: 0, result: emptyResult() });
     });
     const threads = lanes.reduce((a, l) => a + (l.w.driverThreads > 1 ? l.w.driverThreads : 0), 0);
     if (threads > 0) pool = new DriverPool({ threads });
@@ -168,12 +188,14 @@ export async function runScenario(s: Scenario, options: RunScenarioOptions = {})
     const seconds = (performance.now() - t0) / 1000;
     if (timer) clearInterval(timer);
     options.onProgress?.(progress());
+    // The models' drivers give back their pools (PRP lists, SG tables) before leaks are counted.
+    await closeQueues(lanes);
     const end = m.stats();
     const devices = lanes.map((l): DeviceRow => {
       const c = l.dev.counters();
       const lookups = c.iotlbHits + c.iotlbMisses;
       const r = l.result;
-      const d = devs.get(l.dev.bdf)!;
+      const d = l.device;
       const where = [l.w.buffers.above !== undefined ? `above ${fmtBytes(l.w.buffers.above)}` : '', l.w.buffers.below !== undefined ? `below ${fmtBytes(l.w.buffers.below)}` : ''].filter(Boolean);
       return {
         bdf: l.dev.bdf,
@@ -195,6 +217,8 @@ export async function runScenario(s: Scenario, options: RunScenarioOptions = {})
         verified: r.verified,
         mismatches: r.mismatches,
         failed: r.failed,
+        descriptors: c.descriptors - l.descriptors0,
+        modelStats: l.queue.stats?.() ?? {},
       };
     });
     const bytes = devices.reduce((a, d) => a + d.bytes, 0);
@@ -220,11 +244,30 @@ export async function runScenario(s: Scenario, options: RunScenarioOptions = {})
     if (timer) clearInterval(timer);
     try {
       await pool?.close();
+      // A run that failed still gives the drivers' pools back before the machine closes.
+      await closeQueues(lanes).catch(() => undefined); // the run's own error is the one to report
     } finally {
       await m.close();
     }
   }
 }
+
+/** Closes every lane's queue once (the first error is thrown after all were tried). */
+async function closeQueues(lanes: Lane[]): Promise<void> {
+  let first: unknown = null;
+  for (const l of lanes) {
+    if (l.queueClosed) continue;
+    l.queueClosed = true;
+    try {
+      await l.queue.close();
+    } catch (e) {
+      first ??= e;
+    }
+  }
+  if (first) throw first;
+}
+
+const sizeAlignOf = (l: Lane): number => IO_MODELS[l.device.model].sizeAlign?.(l.device) ?? 1;
 
 function emptyResult(): WorkloadResult {
   return { transfers: 0, bytes: 0, verified: 0, mismatches: 0, failed: 0, bouncedBytes: 0, mapUs: [], unmapUs: [] };
@@ -232,7 +275,7 @@ function emptyResult(): WorkloadResult {
 
 /** driverThreads 1: `inFlight` lanes on the main thread share one WorkloadDriver. */
 async function runOnMain(m: Machine, l: Lane, seed: number, verify: boolean): Promise<WorkloadResult> {
-  const wd = new WorkloadDriver({ dma: m.dma, dev: l.dev, ram: m.ram }, { workload: l.w, lanes: l.w.inFlight, seed, verify });
+  const wd = new WorkloadDriver({ dma: m.dma, dev: l.dev, ram: m.ram }, { workload: l.w, lanes: l.w.inFlight, seed, verify, sizeAlign: sizeAlignOf(l) });
   const count = countOf(l.w);
   const start = performance.now();
   let next = 0;
@@ -246,7 +289,7 @@ async function runOnMain(m: Machine, l: Lane, seed: number, verify: boolean): Pr
         const io = wd.prepare(lane, n);
         let status: IoStatus;
         try {
-          status = await l.model.submit(l.dev, io);
+          status = await l.queue.submit(io);
         } catch (e) {
           wd.finish(lane, 'aborted');
           throw e;
@@ -279,7 +322,7 @@ async function runThreaded(m: Machine, pool: DriverPool, l: Lane, seed: number, 
       bdf: l.dev.bdf,
       mailbox: box.handle,
       slot,
-      spec: { workload: l.w, lanes: 1, seed: seed + slot, verify },
+      spec: { workload: l.w, lanes: 1, seed: seed + slot, verify, sizeAlign: sizeAlignOf(l) },
       ...(count !== undefined ? { count: Math.floor(count / n) + (slot < count % n ? 1 : 0) } : { durationMs: l.w.durationMs }),
     }),
   );
@@ -290,7 +333,7 @@ async function runThreaded(m: Machine, pool: DriverPool, l: Lane, seed: number, 
     for (let req = await box.take(slot); req; req = await box.take(slot)) {
       let status: IoStatus = 'aborted';
       try {
-        status = await l.model.submit(l.dev, { len: req.len, reads: req.reads as never, writes: req.writes as never });
+        status = await l.queue.submit({ len: req.len, reads: req.reads as never, writes: req.writes as never });
       } catch (e) {
         failure ??= e;
       }

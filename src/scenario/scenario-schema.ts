@@ -9,7 +9,7 @@
  * `topology` is inline JSON, or a path (resolved against the scenario file by scenario-file.ts).
  */
 import { z } from 'zod';
-import { parseConfig } from '../machine-config.js';
+import { parseConfig, nvmeOptionsSchema, nicOptionsSchema } from '../machine-config.js';
 import { normalizeBdf } from '../pci/bdf.js';
 import { DmaError } from '../errors.js';
 import { MAX_DRIVER_THREADS } from '../dma/driver-pool.js';
@@ -94,8 +94,17 @@ const device = z
     model: z.string().default('copy-engine').refine((m) => m in IO_MODELS, { message: `must be a device model with a workload adapter (${ioModelNames().join(', ')})` }),
     dmaMask: z.number().int().min(12).max(64).default(64),
     queueDepth: z.number().int().min(2).max(4096).refine((n) => (n & (n - 1)) === 0, { message: 'must be a power of two' }).default(64),
+    /** model 'nvme': its namespace (Machine.addDevice's `nvme`); size as bytes or text. */
+    nvme: z.object({ lbaSize: z.number().optional(), size: byteSize.optional() }).strict().pipe(nvmeOptionsSchema).optional(),
+    /** model 'nic': its wire (Machine.addDevice's `nic`). */
+    nic: nicOptionsSchema.optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((d, ctx) => {
+    for (const m of ['nvme', 'nic'] as const) {
+      if (d[m] !== undefined && d.model !== m) ctx.addIssue({ code: 'custom', path: [m], message: `only for model '${m}' (the device's model is '${d.model}')` });
+    }
+  });
 
 export const scenarioSchema = z
   .object({
@@ -135,6 +144,12 @@ export const scenarioSchema = z
       else if (used.has(key)) ctx.addIssue({ code: 'custom', path: ['workloads', i, 'device'], message: `device ${key} already runs workloads[${used.get(key)}] (one workload per device)` });
       used.set(key, i);
       if (w.driverThreads > 1) threads += w.driverThreads;
+      const di = seen.get(key);
+      if (di === undefined) return;
+      const d = s.devices[di];
+      for (const issue of IO_MODELS[d.model]?.check?.(d, w) ?? []) {
+        ctx.addIssue({ code: 'custom', path: issue.on === 'device' ? ['devices', di, ...issue.path] : ['workloads', i, ...issue.path], message: issue.message });
+      }
     });
     if (threads > MAX_DRIVER_THREADS) ctx.addIssue({ code: 'custom', path: ['workloads'], message: `${threads} driver threads in all; at most ${MAX_DRIVER_THREADS}` });
   });

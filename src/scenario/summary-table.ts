@@ -1,4 +1,8 @@
-/** The summary of a scenario run as `dmaemu run` prints it: a header, one row per device, totals. */
+/**
+ * The summary of a scenario run as `dmaemu run` prints it: a header, one row per device, totals.
+ * `transfers` are the workload's I/Os; `cmds` the descriptors the device executed for them (an
+ * NVMe write-and-read-back is two, a NIC frame an RX and a TX).
+ */
 import type { ScenarioSummary } from './runner.js';
 import { fmtBytes } from './byte-size.js';
 
@@ -6,15 +10,17 @@ const us = (p: { p50: number; p99: number; samples: number }): string => (p.samp
 
 export function formatScenarioSummary(s: ScenarioSummary): string {
   const rows: string[][] = [
-    ['device', 'mask', 'buffers', 'dir', 'mapping', 'thr', 'transfers', 'bytes', 'GB/s', 'map µs p50/p99', 'unmap µs p50/p99', 'IOTLB hits', 'bounced', 'faults', 'stale', 'verified'],
+    ['device', 'model', 'mask', 'buffers', 'dir', 'mapping', 'thr', 'transfers', 'cmds', 'bytes', 'GB/s', 'map µs p50/p99', 'unmap µs p50/p99', 'IOTLB hits', 'bounced', 'faults', 'stale', 'verified'],
     ...s.devices.map((d) => [
       d.bdf,
+      d.model,
       `${d.dmaMask}-bit`,
       d.buffers,
       d.direction,
       d.mapping,
       String(d.driverThreads),
       String(d.transfers),
+      String(d.descriptors),
       fmtBytes(d.bytes),
       d.gbps.toFixed(2),
       us(d.mapUs),

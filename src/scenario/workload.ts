@@ -52,6 +52,8 @@ export interface WorkloadDriverSpec {
   lanes: number;
   seed: number;
   verify: boolean;
+  /** I/O sizes are multiples of this (the device's block size; 1 when absent). */
+  sizeAlign?: number;
 }
 
 interface Lane {
@@ -80,7 +82,7 @@ export class WorkloadDriver {
     private readonly spec: WorkloadDriverSpec,
   ) {
     const w = spec.workload;
-    this.sampler = sizeSampler(w.sizes);
+    this.sampler = sizeSampler(w.sizes, spec.sizeAlign ?? 1);
     this.rand = seededRandom(spec.seed);
     this.pattern = new Uint8Array(this.sampler.max + PATTERN_SHIFTS);
     for (let i = 0; i < this.pattern.length; i++) this.pattern[i] = Math.floor(this.rand() * 256);

@@ -6,7 +6,8 @@
  *         threads): X slices for map/unmap/sync/coherent calls, `i` instants for bounces, and
  *         the process's `C` counters "swiotlb slots in use" and "mapped pages".
  *   pid 2 "dmaemu devices": a thread track per device, named by BDF and model: an X slice per
- *         descriptor (cat "transfer"), `i` instants for IOTLB misses and faults.
+ *         descriptor (cat "transfer"; named as its model reads it: copy/fill, nvme read/write,
+ *         nic tx / rx post), `i` instants for IOTLB misses and faults.
  *   Flows (`s` → `f`, cat "flow"): from a map slice to each transfer slice that used an address
  *         of it. The `s` sits inside the map slice (binds to it), the `f` inside the transfer
  *         slice with bp "e" (binds to the enclosing slice). Which map a transfer used is found
@@ -177,14 +178,36 @@ function driverEvents(ring: TraceRingSnapshot, tid: number, out: ChromeTraceEven
   }
 }
 
+/** The model of a device ring (named "<bdf> <model>" by the device worker). */
+const modelOf = (ring: TraceRingSnapshot): string => ring.name.slice(ring.name.lastIndexOf(' ') + 1);
+
+const NVME_OPS: Record<number, string> = { 0: 'nvme flush', 1: 'nvme write', 2: 'nvme read' };
+const NIC_OPS: Record<number, string> = { 1: 'nic tx', 2: 'nic rx post', 3: 'nic rx reset' };
+
+/** A transfer slice's name and args: the descriptor as its model reads it (copy-engine: copy or fill). */
+function transferSlice(model: string, e: TraceEvent): { name: string; args: Record<string, unknown> } {
+  const flags = (e.info >>> 8) & 0xffff;
+  const status = STATUS_NAMES[e.info & 0xff] ?? String(e.info & 0xff);
+  if (model === 'nvme') return { name: NVME_OPS[flags] ?? `nvme opcode ${hex(flags)}`, args: { prp1: hex(e.a), prp2: hex(e.b), nlb: e.c + 1, status } };
+  if (model === 'nic') return { name: NIC_OPS[flags] ?? `nic op ${flags}`, args: { sgTable: hex(e.a), len: e.c, ...(flags === 2 ? {} : { status }) } };
+  const fill = (flags & 1) !== 0;
+  return fill ? { name: 'fill', args: { dst: hex(e.b), len: e.c, value: e.a & 0xff, status } } : { name: 'copy', args: { src: hex(e.a), dst: hex(e.b), len: e.c, status } };
+}
+
+/** The data addresses a transfer slice names, for flows (nic: its SG table is not data; nvme: PRP2 when used). */
+function dataAddrs(model: string, e: TraceEvent): number[] {
+  if (model === 'nic') return [];
+  if (model === 'nvme') return e.b !== 0 ? [e.a, e.b] : [e.a];
+  return ((e.info >>> 8) & 1) !== 0 ? [e.b] : [e.a, e.b];
+}
+
 function deviceEvents(ring: TraceRingSnapshot, tid: number, out: ChromeTraceEvent[]): void {
   const pid = PID_DEVICES;
+  const model = modelOf(ring);
   for (const e of ring.events) {
     if (e.kind === TRACE_KIND.transfer) {
-      const fill = ((e.info >>> 8) & 1) !== 0;
-      const status = STATUS_NAMES[e.info & 0xff] ?? String(e.info & 0xff);
-      const args: Record<string, unknown> = fill ? { dst: hex(e.b), len: e.c, value: e.a & 0xff, status } : { src: hex(e.a), dst: hex(e.b), len: e.c, status };
-      out.push(slice(fill ? 'fill' : 'copy', 'transfer', e, pid, tid, args));
+      const t = transferSlice(model, e);
+      out.push(slice(t.name, 'transfer', e, pid, tid, t.args));
     } else if (e.kind === TRACE_KIND.iotlbMiss) {
       out.push({ name: 'iotlb miss', cat: 'iommu', ph: 'i', s: 't', ts: e.ts, pid, tid, args: { page: hex(e.a), domain: e.info } });
     } else if (e.kind === TRACE_KIND.fault) {
@@ -232,11 +255,10 @@ function flowEvents(rings: TraceRingSnapshot[], maps: Map<number, MapRange[]>, o
     if (ring.role !== 'device') continue;
     const list = maps.get(ring.requesterId);
     const tid = ring.index + 1;
+    const model = modelOf(ring);
     for (const e of ring.events) {
-      if (e.kind !== TRACE_KIND.transfer || e.c <= 0) continue;
-      const fill = ((e.info >>> 8) & 1) !== 0;
-      const used = fill ? [e.b] : [e.a, e.b];
-      for (const addr of used) {
+      if (e.kind !== TRACE_KIND.transfer || (model !== 'nvme' && e.c <= 0)) continue; // nvme: len is the 0-based NLB
+      for (const addr of dataAddrs(model, e)) {
         const m = mapOf(list, e.ts, addr);
         if (!m) continue;
         seq++;
