@@ -45,7 +45,7 @@ export function registerStressCommand(program: Command): void {
     .option('--hostile-bursts <n>', 'bursts each hostile device fires at least, even after the driver threads are done', int, STRESS_DEFAULTS.hostileBursts)
     .option('--hostile-duty <percent>', 'share of the time the hostile devices burst while the drivers run (they rest in between)', Number, STRESS_DEFAULTS.hostileDuty)
     .option('--json', 'print the summary as one JSON object')
-    .addOption(new Option('--inject <fault>', 'test only: break an invariant on purpose, to see how a failure is reported').choices(['corrupt-byte', 'skip-unmap', 'map-canary']))
+    .addOption(new Option('--inject <fault>', 'test only: break an invariant on purpose, to see how a failure is reported').choices(['corrupt-byte', 'skip-unmap', 'map-canary', 'lose-fault-record']))
     .action(async (o: StressCliOptions) => {
       const tty = process.stderr.isTTY === true;
       const summary = await stress({

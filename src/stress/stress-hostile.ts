@@ -41,8 +41,13 @@ import type { Violation } from './invariants.js';
 export const HOSTILE_AIMS = ['dma-mask', 'own', 'guards', 'honest'] as const;
 export type HostileAim = (typeof HOSTILE_AIMS)[number];
 
-/** Test-only: map a canary page behind the stress's back, at an IOVA guard page device 0 aims at. */
-export type HostileInjection = 'map-canary';
+/**
+ * Test-only breakages, to show the invariants catch them: 'map-canary' maps a canary page behind
+ * the stress's back, at an IOVA guard page device 0 aims at; 'lose-fault-record' throws one
+ * drained hostile fault record away, as a ring that lost one silently would.
+ */
+export type HostileInjection = 'map-canary' | 'lose-fault-record';
+export const HOSTILE_INJECTIONS: readonly HostileInjection[] = ['map-canary', 'lose-fault-record'];
 
 /** Byte the hostile devices' allowed writes store; their writable buffers start as FILL. */
 const PATTERN = 0xa5;
@@ -156,6 +161,7 @@ export class StressHostile {
   private honestAt = 0;
   private honestRecords = 0;
   private strangerRecords = 0;
+  private loseRecord = false;
   private readonly overflowAtStart: number;
   private readonly sum: HostileSummary;
 
@@ -183,6 +189,7 @@ export class StressHostile {
   ): StressHostile {
     const h = new StressHostile(m, o.seed, o.accesses, new Set(o.honest.map((d) => d.requesterId)), o.report);
     h.sum.devices = devs.length;
+    h.loseRecord = o.inject === 'lose-fault-record';
     devs.forEach((dev, i) => h.setUp(dev, i, o.inject === 'map-canary' && i === 0));
     return h;
   }
@@ -332,7 +339,8 @@ export class StressHostile {
   drain(): void {
     for (const f of this.m.iommu.unit.drainFaults()) {
       const h = this.byRequester.get(f.requesterId);
-      if (h) h.pending.push({ addr: f.addr, len: 0, write: f.access === 'write' });
+      if (h && this.loseRecord) this.loseRecord = false;
+      else if (h) h.pending.push({ addr: f.addr, len: 0, write: f.access === 'write' });
       else if (this.honestRequesters.has(f.requesterId)) this.honestRecords++;
       else this.strangerRecords++;
     }

@@ -23,7 +23,7 @@ import { STRESS_OP_KINDS, type StressMode, type StressOpKind } from './op-genera
 import { StressChannel, REQ_FILL, type ChannelCompletion } from './stress-channel.js';
 import { emptyInvariantCounts, type InvariantName, type Violation } from './invariants.js';
 import type { StressDriverTask, StressDriverResult, StressInjection } from './stress-driver.js';
-import { StressHostile, addHostileDevices, emptyHostileSummary, type HostileInjection, type HostileSummary } from './stress-hostile.js';
+import { StressHostile, addHostileDevices, emptyHostileSummary, HOSTILE_INJECTIONS, type HostileInjection, type HostileSummary } from './stress-hostile.js';
 
 export interface StressOptions {
   seed?: number;
@@ -38,7 +38,7 @@ export interface StressOptions {
   window?: number;
   /** Return the first this-many op descriptions per thread (op logs). */
   logOps?: number;
-  /** Test only: break an invariant on purpose ('corrupt-byte': one byte of a completed copy; 'skip-unmap': one unmap; 'map-canary': map a canary page where the hostile device aims). */
+  /** Test only: break an invariant on purpose ('corrupt-byte': one byte of a completed copy; 'skip-unmap': one unmap; 'map-canary': map a canary page where the hostile device aims; 'lose-fault-record': lose one hostile fault record). */
   inject?: StressInjection | HostileInjection;
   /** Hostile devices beside the copy engines (default 1 under an IOMMU; 0 in mode off, which cannot isolate them). */
   hostile?: number;
@@ -122,8 +122,9 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
   check(Number.isInteger(o.hostileAccesses) && o.hostileAccesses >= 1 && o.hostileAccesses <= 1 << 24, `stress: hostile accesses per burst ${String(o.hostileAccesses)} must be an integer in [1, 2^24]`);
   check(Number.isInteger(o.hostileBursts) && o.hostileBursts >= 0, `stress: hostile bursts ${String(o.hostileBursts)} must be a non-negative integer`);
   check(typeof o.hostileDuty === 'number' && o.hostileDuty > 0 && o.hostileDuty <= 100, `stress: hostile duty ${String(o.hostileDuty)} % must be in (0, 100]`);
-  check(o.inject !== 'map-canary' || o.hostile > 0, `stress: inject map-canary needs a hostile device`);
-  const driverInject = o.inject === 'map-canary' ? undefined : o.inject;
+  const hostileInject = HOSTILE_INJECTIONS.find((i) => i === o.inject);
+  check(hostileInject === undefined || o.hostile > 0, `stress: inject ${String(o.inject)} needs a hostile device`);
+  const driverInject = hostileInject ? undefined : (o.inject as StressInjection | undefined);
   const byOps = options.ops !== undefined;
   if (byOps) check(Number.isSafeInteger(o.ops) && o.ops! >= 1, `stress: ops ${String(o.ops)} must be a positive integer`);
   else check(typeof o.durationS === 'number' && o.durationS > 0 && o.durationS <= 86400, `stress: duration ${String(o.durationS)} s must be in (0, 86400]`);
@@ -159,7 +160,7 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
     const s0 = m.stats();
     const base = { liveMappings: s0.liveMappings, bounceSlots: s0.bounceSlotsInUse, ramPages: s0.ramPagesInUse, iovaPages: iovaPages() };
     const c0 = devs.map((d) => d.counters());
-    const hostile = o.hostile > 0 ? StressHostile.create(m, hostileDevs, { seed: o.seed, accesses: o.hostileAccesses, honest: devs, inject: o.inject === 'map-canary' ? 'map-canary' : undefined, report: addViolation }) : null;
+    const hostile = o.hostile > 0 ? StressHostile.create(m, hostileDevs, { seed: o.seed, accesses: o.hostileAccesses, honest: devs, inject: hostileInject, report: addViolation }) : null;
 
     const channel = StressChannel.create(o.driverThreads, o.window);
     pool = new Piscina({ filename: workerUrl('stress-task').href, minThreads: o.driverThreads, maxThreads: o.driverThreads, concurrentTasksPerWorker: 1, idleTimeout: 60_000 });
