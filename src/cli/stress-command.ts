@@ -9,6 +9,7 @@ import { stress, STRESS_DEFAULTS, type StressSummary } from '../stress/stress.js
 import { formatEvent } from '../stress/event-history.js';
 import type { StressMode } from '../stress/op-generator.js';
 import type { StressInjection } from '../stress/stress-driver.js';
+import type { HostileInjection } from '../stress/stress-hostile.js';
 
 interface StressCliOptions {
   seed: number;
@@ -19,7 +20,11 @@ interface StressCliOptions {
   mode: StressMode;
   window: number;
   json?: boolean;
-  inject?: StressInjection;
+  inject?: StressInjection | HostileInjection;
+  hostile?: number;
+  hostileAccesses: number;
+  hostileBursts: number;
+  hostileDuty: number;
 }
 
 const int = (v: string) => Number(v);
@@ -35,8 +40,12 @@ export function registerStressCommand(program: Command): void {
     .option('--driver-threads <t>', 'driver threads (piscina)', int, STRESS_DEFAULTS.driverThreads)
     .addOption(new Option('--mode <mode>', 'IOMMU invalidation, or off (no IOMMU: direct and SWIOTLB)').choices(['strict', 'lazy', 'off']).default(STRESS_DEFAULTS.mode))
     .option('--window <n>', 'ops each driver thread keeps in flight', int, STRESS_DEFAULTS.window)
+    .option('--hostile <k>', `hostile devices firing wild DMA bursts beside the copy engines (default ${STRESS_DEFAULTS.hostile}; 0 in mode off, which cannot isolate them)`, int)
+    .option('--hostile-accesses <n>', 'accesses per hostile burst', int, STRESS_DEFAULTS.hostileAccesses)
+    .option('--hostile-bursts <n>', 'bursts each hostile device fires at least, even after the driver threads are done', int, STRESS_DEFAULTS.hostileBursts)
+    .option('--hostile-duty <percent>', 'share of the time the hostile devices burst while the drivers run (they rest in between)', Number, STRESS_DEFAULTS.hostileDuty)
     .option('--json', 'print the summary as one JSON object')
-    .addOption(new Option('--inject <fault>', 'test only: break an invariant on purpose, to see how a failure is reported').choices(['corrupt-byte', 'skip-unmap']))
+    .addOption(new Option('--inject <fault>', 'test only: break an invariant on purpose, to see how a failure is reported').choices(['corrupt-byte', 'skip-unmap', 'map-canary', 'lose-fault-record']))
     .action(async (o: StressCliOptions) => {
       const tty = process.stderr.isTTY === true;
       const summary = await stress({
@@ -48,6 +57,10 @@ export function registerStressCommand(program: Command): void {
         mode: o.mode,
         window: o.window,
         inject: o.inject,
+        hostile: o.hostile,
+        hostileAccesses: o.hostileAccesses,
+        hostileBursts: o.hostileBursts,
+        hostileDuty: o.hostileDuty,
         // The library calls this every 250 ms: at most 4 lines a second.
         progress: tty ? (p) => process.stderr.write(`\r${p.operations} operations, ${p.seconds.toFixed(1)} s`) : undefined,
       });
@@ -68,6 +81,7 @@ export function formatStressSummary(s: StressSummary): string {
     `operations ${s.operations} (${Math.round(s.operationsPerSecond)}/s) in ${s.stressOps} stress ops; transfers ${s.transfers}`,
     `bytes ${mib(s.bytes)} completed + ${mib(s.bytesFaulted)} faulted = ${mib(s.bytesSubmitted)} submitted`,
     `faults ${s.faults} (expected ${s.expectedFaults}); stale accesses ${s.staleAccesses} (stale writes seen ${s.staleWrites}); unmap races won by the DMA ${s.racesWonByDma}; shortages ${s.resourceShortages}`,
+    `hostile: ${s.hostile.devices} devices, ${s.hostile.bursts} bursts, ${s.hostile.accesses} accesses: ${s.hostile.refused} refused (${s.hostile.faultsRecorded} fault records + ${s.hostile.faultsDropped} dropped), ${s.hostile.moved} moved`,
     `ops: ${Object.entries(s.perKind).map(([k, n]) => `${k} ${n}`).join(', ')}`,
     `leaks: ${Object.entries(s.leaks).map(([k, n]) => `${k} ${n}`).join(', ')}`,
     `invariants: ${Object.entries(s.invariants).map(([k, n]) => `${k} ${n === 0 ? 'ok' : `${n} VIOLATED`}`).join(', ')}`,

@@ -5,7 +5,7 @@
  * every burst can report (src/device/hostile-access.ts); nothing else is.
  */
 import { DmaError } from '../errors.js';
-import type { DmaApi } from '../dma/dma-api.js';
+import type { DmaApi, DmaCoherent } from '../dma/dma-api.js';
 import type { GuestRam } from '../memory/guest-ram.js';
 import type { Device, Completion } from './device.js';
 import { PAGE_SIZE, type DmaAddr, type Pa } from '../addresses.js';
@@ -38,6 +38,12 @@ export interface HostileBurstOptions {
   writePercent?: number;
   /** Longest random access in bytes (default 4096; accesses never cross a page). */
   maxLen?: number;
+  /**
+   * A coherent buffer of at least HOSTILE_BLOCK_SIZE bytes, allocated for `dev` by the caller and
+   * kept across bursts (not freed here): the device's domain then does not change from burst to
+   * burst (in lazy mode a freed block's IOVA could stay reachable through a stale IOTLB entry).
+   */
+  commandBlock?: DmaCoherent;
 }
 
 export interface HostileBurstResult extends HostileResult {
@@ -58,7 +64,10 @@ function pages(addr: number, len: number): AddressRange {
 /** Runs one hostile burst on `dev` (model 'hostile') and returns the device's counts. */
 export async function hostileBurst(m: { dma: DmaApi; ram: GuestRam }, dev: Device, o: HostileBurstOptions = {}): Promise<HostileBurstResult> {
   if (dev.model !== 'hostile') throw new DmaError('EINVAL', `device ${dev.bdf}: a hostile burst needs model 'hostile', not '${dev.model}'`);
-  const block = m.dma.allocCoherent(dev, HOSTILE_BLOCK_SIZE);
+  if (o.commandBlock && o.commandBlock.size < HOSTILE_BLOCK_SIZE) {
+    throw new DmaError('EINVAL', `device ${dev.bdf}: hostile command block of ${o.commandBlock.size} bytes is smaller than ${HOSTILE_BLOCK_SIZE}`);
+  }
+  const block = o.commandBlock ?? m.dma.allocCoherent(dev, HOSTILE_BLOCK_SIZE);
   const listBytes = (o.list?.length ?? 0) * HOSTILE_LIST_ENTRY;
   const list = o.list ? m.dma.allocCoherent(dev, Math.max(listBytes, HOSTILE_LIST_ENTRY)) : null;
   try {
@@ -98,7 +107,7 @@ export async function hostileBurst(m: { dma: DmaApi; ram: GuestRam }, dev: Devic
     const accessList = list ? { pa: list.cpuAddr, addr: list.addr, size: listBytes } : null;
     return { ...decodeResult(new DataView(r.buffer, r.byteOffset, 32), 0), completion, commandBlock, accessList, burst };
   } finally {
-    m.dma.freeCoherent(dev, block);
+    if (!o.commandBlock) m.dma.freeCoherent(dev, block);
     if (list) m.dma.freeCoherent(dev, list);
   }
 }

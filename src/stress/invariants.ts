@@ -13,10 +13,15 @@
  *                    pages are back to their baselines, page-table pages after close too
  *   counters         bytes submitted = bytes completed + bytes faulted, per device and in total,
  *                    as the drivers, the main thread and the devices' counters see them
+ *   hostile-isolation  no byte outside a hostile device's writable mappings changes because of it
+ *                      (its guard, canary and read-only pages; stress-hostile.ts)
+ *   fault-accounting   every access a hostile device made that the IOMMU refused is one fault
+ *                      record or one counted drop, kept apart from the honest devices' by
+ *                      requester ID (stress-hostile.ts)
  */
 import type { StressEvent } from './event-history.js';
 
-export const INVARIANTS = ['data', 'completion-once', 'strict-unmap', 'expected-faults', 'no-leak', 'counters'] as const;
+export const INVARIANTS = ['data', 'completion-once', 'strict-unmap', 'expected-faults', 'no-leak', 'counters', 'hostile-isolation', 'fault-accounting'] as const;
 export type InvariantName = (typeof INVARIANTS)[number];
 
 export interface Violation {

@@ -4,7 +4,8 @@
  * threads (piscina, workers/stress-task.ts) that run seeded op streams, and serves their DMA
  * requests on the main thread, which owns the devices' queues. While it runs, each side checks
  * the invariants it sees (src/stress/invariants.ts); at the end the main thread checks the
- * counters and the leaks, and returns one summary.
+ * counters and the leaks, and returns one summary. Beside them, hostile devices (one by default,
+ * under an IOMMU) fire bursts of wild DMA for the whole run (src/stress/stress-hostile.ts).
  *
  * Reproducible: each driver thread's op sequence is a pure function of (seed, thread index,
  * mode, devices, driver threads); the interleaving of threads, the addresses they get and the
@@ -22,6 +23,7 @@ import { STRESS_OP_KINDS, type StressMode, type StressOpKind } from './op-genera
 import { StressChannel, REQ_FILL, type ChannelCompletion } from './stress-channel.js';
 import { emptyInvariantCounts, type InvariantName, type Violation } from './invariants.js';
 import type { StressDriverTask, StressDriverResult, StressInjection } from './stress-driver.js';
+import { StressHostile, addHostileDevices, emptyHostileSummary, HOSTILE_INJECTIONS, type HostileInjection, type HostileSummary } from './stress-hostile.js';
 
 export interface StressOptions {
   seed?: number;
@@ -36,13 +38,22 @@ export interface StressOptions {
   window?: number;
   /** Return the first this-many op descriptions per thread (op logs). */
   logOps?: number;
-  /** Test only: break an invariant on purpose ('corrupt-byte': one byte of a completed copy; 'skip-unmap': one unmap). */
-  inject?: StressInjection;
+  /** Test only: break an invariant on purpose ('corrupt-byte': one byte of a completed copy; 'skip-unmap': one unmap; 'map-canary': map a canary page where the hostile device aims; 'lose-fault-record': lose one hostile fault record). */
+  inject?: StressInjection | HostileInjection;
+  /** Hostile devices beside the copy engines (default 1 under an IOMMU; 0 in mode off, which cannot isolate them). */
+  hostile?: number;
+  /** Accesses per hostile burst. */
+  hostileAccesses?: number;
+  /** Bursts each hostile device fires at least, even after the driver threads are done. */
+  hostileBursts?: number;
+  /** Share of the time (percent) the hostile devices burst while the drivers run (they rest in between: the main thread checks every burst and serves the honest devices too). */
+  hostileDuty?: number;
   /** Called about 4 times a second. */
   progress?: (p: { operations: number; seconds: number }) => void;
 }
 
-export const STRESS_DEFAULTS = { seed: 1, durationS: 10, devices: 2, driverThreads: 2, mode: 'strict' as StressMode, window: 8 };
+export const STRESS_DEFAULTS = { seed: 1, durationS: 10, devices: 2, driverThreads: 2, mode: 'strict' as StressMode, window: 8, hostile: 1, hostileAccesses: 4096, hostileBursts: 0, hostileDuty: 25 };
+export const MAX_HOSTILE_DEVICES = 8;
 
 export interface StressDeviceSummary {
   bdf: string;
@@ -93,17 +104,27 @@ export interface StressSummary {
   perDevice: StressDeviceSummary[];
   perThread: Array<{ thread: number; operations: number; stressOps: number; opLogHash: string; opLog: string[] }>;
   leaks: { liveMappings: number; iovaPages: number; bounceSlots: number; ramPages: number; pageTablePages: number };
+  /** The hostile devices' bursts and their fault accounting (devices 0: none ran). */
+  hostile: HostileSummary;
   /** The command that replays this run's op sequences. */
   replay: string;
 }
 
 export async function stress(options: StressOptions = {}): Promise<StressSummary> {
-  const o = { ...STRESS_DEFAULTS, ...stripUndefined(options) };
+  const o = { ...STRESS_DEFAULTS, ...(options.mode === 'off' ? { hostile: 0 } : {}), ...stripUndefined(options) };
   check(Number.isSafeInteger(o.seed) && o.seed >= 0, `stress: seed ${String(o.seed)} must be a non-negative integer`);
   check(Number.isInteger(o.devices) && o.devices >= 1 && o.devices <= 16, `stress: devices ${String(o.devices)} must be an integer in [1, 16]`);
   check(Number.isInteger(o.driverThreads) && o.driverThreads >= 1 && o.driverThreads <= MAX_DRIVER_THREADS, `stress: driver threads ${String(o.driverThreads)} must be an integer in [1, ${MAX_DRIVER_THREADS}]`);
   check(['strict', 'lazy', 'off'].includes(o.mode), `stress: mode ${String(o.mode)} must be strict, lazy or off`);
   check(Number.isInteger(o.window) && o.window >= 1 && o.window <= 64, `stress: window ${String(o.window)} must be an integer in [1, 64]`);
+  check(Number.isInteger(o.hostile) && o.hostile >= 0 && o.hostile <= MAX_HOSTILE_DEVICES, `stress: hostile devices ${String(o.hostile)} must be an integer in [0, ${MAX_HOSTILE_DEVICES}]`);
+  check(o.hostile === 0 || o.mode !== 'off', `stress: ${o.hostile} hostile device(s) need an IOMMU (mode strict or lazy): with mode off a device reaches all of RAM`);
+  check(Number.isInteger(o.hostileAccesses) && o.hostileAccesses >= 1 && o.hostileAccesses <= 1 << 24, `stress: hostile accesses per burst ${String(o.hostileAccesses)} must be an integer in [1, 2^24]`);
+  check(Number.isInteger(o.hostileBursts) && o.hostileBursts >= 0, `stress: hostile bursts ${String(o.hostileBursts)} must be a non-negative integer`);
+  check(typeof o.hostileDuty === 'number' && o.hostileDuty > 0 && o.hostileDuty <= 100, `stress: hostile duty ${String(o.hostileDuty)} % must be in (0, 100]`);
+  const hostileInject = HOSTILE_INJECTIONS.find((i) => i === o.inject);
+  check(hostileInject === undefined || o.hostile > 0, `stress: inject ${String(o.inject)} needs a hostile device`);
+  const driverInject = hostileInject ? undefined : (o.inject as StressInjection | undefined);
   const byOps = options.ops !== undefined;
   if (byOps) check(Number.isSafeInteger(o.ops) && o.ops! >= 1, `stress: ops ${String(o.ops)} must be a positive integer`);
   else check(typeof o.durationS === 'number' && o.durationS > 0 && o.durationS <= 86400, `stress: duration ${String(o.durationS)} s must be in (0, 86400]`);
@@ -113,15 +134,17 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
       { base: 0, size: 128 * MiB },
       { base: 4 * GiB, size: 128 * MiB },
     ],
-    iommu: o.mode === 'off' ? { enabled: false } : { enabled: true, invalidation: o.mode },
+    // Hostile bursts fault by the thousand: a ring that holds several bursts' worth between drains.
+    iommu: o.mode === 'off' ? { enabled: false } : { enabled: true, invalidation: o.mode, ...(o.hostile > 0 ? { faultRing: 1 << 16 } : {}) },
     swiotlb: { size: 32 * MiB },
   });
   const violations: Violation[] = [];
   const counts = emptyInvariantCounts();
-  const violate = (invariant: InvariantName, message: string) => {
-    counts[invariant]++;
-    violations.push({ invariant, message, thread: -1, events: [] });
+  const addViolation = (v: Violation) => {
+    counts[v.invariant]++;
+    violations.push(v);
   };
+  const violate = (invariant: InvariantName, message: string) => addViolation({ invariant, message, thread: -1, events: [] });
   let pool: Piscina | null = null;
   let timer: NodeJS.Timeout | null = null;
   let ticker: NodeJS.Timeout | null = null;
@@ -131,11 +154,13 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
     for (let i = 0; i < o.devices; i++) {
       devs.push(await m.addDevice({ bdf: `00:${(3 + i).toString(16).padStart(2, '0')}.0`, dmaMask: i % 2 === 0 ? 32 : 64 }));
     }
-    const domains = [...new Set(devs.map((d) => m.iommu.domainOf(d)).filter((d) => d !== null))];
+    const hostileDevs = await addHostileDevices(m, o.hostile, 3 + o.devices);
+    const domains = [...new Set([...devs, ...hostileDevs].map((d) => m.iommu.domainOf(d)).filter((d) => d !== null))];
     const iovaPages = () => domains.reduce((a, d) => (d.iova.flushCaches(), a + d.iova.pagesInUse()), 0);
     const s0 = m.stats();
     const base = { liveMappings: s0.liveMappings, bounceSlots: s0.bounceSlotsInUse, ramPages: s0.ramPagesInUse, iovaPages: iovaPages() };
     const c0 = devs.map((d) => d.counters());
+    const hostile = o.hostile > 0 ? StressHostile.create(m, hostileDevs, { seed: o.seed, accesses: o.hostileAccesses, honest: devs, inject: hostileInject, report: addViolation }) : null;
 
     const channel = StressChannel.create(o.driverThreads, o.window);
     pool = new Piscina({ filename: workerUrl('stress-task').href, minThreads: o.driverThreads, maxThreads: o.driverThreads, concurrentTasksPerWorker: 1, idleTimeout: 60_000 });
@@ -146,7 +171,7 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
     const main = { requests: 0, completions: 0 };
     const t0 = performance.now();
     const tasks = Array.from({ length: o.driverThreads }, (_, thread) => {
-      const task: StressDriverTask = { driver, channel: channel.handle, thread, threads: o.driverThreads, bdfs, seed: o.seed, mode: o.mode, maxOps, window: o.window, logOps: o.logOps ?? 0, inject: o.inject };
+      const task: StressDriverTask = { driver, channel: channel.handle, thread, threads: o.driverThreads, bdfs, seed: o.seed, mode: o.mode, maxOps, window: o.window, logOps: o.logOps ?? 0, inject: driverInject };
       return runTask(pool!, task).catch((e: unknown) => {
         channel.close(thread); // its requests end here; serve() must not wait
         throw e;
@@ -159,6 +184,10 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
       for (let reqs = await channel.takeRequests(thread); reqs; reqs = await channel.takeRequests(thread)) {
         for (const r of reqs) {
           main.requests++;
+          if (hostile) {
+            hostile.noteHonest(r.src, r.len);
+            hostile.noteHonest(r.dst, r.len);
+          }
           if (inFlight.has(r.id)) violate('completion-once', `driver thread ${thread} posted transfer id ${r.id} while it was still in flight`);
           inFlight.add(r.id);
           const dev = devs[r.device];
@@ -188,6 +217,8 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
       if (inFlight.size > 0) violate('completion-once', `driver thread ${thread}: transfers ${[...inFlight].slice(0, 8).join(', ')} never completed`);
     };
     const serving = Array.from({ length: o.driverThreads }, (_, t) => serve(t));
+    let driversDone = false;
+    const hostileRun = hostile ? hostile.run(() => driversDone, o.hostileBursts, o.hostileDuty) : Promise.resolve();
     if (!byOps) timer = setTimeout(() => channel.stop(), o.durationS * 1000);
     const progressNow = () => {
       let n = 0;
@@ -197,12 +228,15 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
     if (options.progress) ticker = setInterval(progressNow, 250);
     const settled = await Promise.allSettled(tasks);
     await Promise.all(serving);
+    driversDone = true;
+    const hostileSettled = (await Promise.allSettled([hostileRun]))[0];
     const seconds = (performance.now() - t0) / 1000;
     if (timer) clearTimeout(timer);
     if (ticker) clearInterval(ticker);
     progressNow();
     const failed = settled.find((s) => s.status === 'rejected');
     if (failed) throw (failed as PromiseRejectedResult).reason;
+    if (hostileSettled.status === 'rejected') throw hostileSettled.reason;
     const results = settled.map((s) => (s as PromiseFulfilledResult<StressDriverResult>).value);
 
     // ---- end-of-run checks ----
@@ -254,6 +288,8 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
     }
     const faults = perDevice.reduce((a, d) => a + d.faults, 0);
     if (faults !== sum('expectedFaults')) violate('expected-faults', `${faults} DMAs faulted, ${sum('expectedFaults')} were expected to`);
+    const hostileSummary = hostile ? hostile.finish(faults) : emptyHostileSummary(o.hostileAccesses);
+    hostile?.tearDown();
 
     m.iommu.flush();
     const s1 = m.stats();
@@ -302,7 +338,8 @@ export async function stress(options: StressOptions = {}): Promise<StressSummary
       perDevice,
       perThread: results.map((r) => ({ thread: r.thread, operations: r.operations, stressOps: r.ops, opLogHash: r.opLogHash, opLog: r.opLog })),
       leaks,
-      replay: `dmaemu stress --seed ${o.seed} --ops ${byOps ? o.ops : operations} --devices ${o.devices} --driver-threads ${o.driverThreads} --mode ${o.mode}`,
+      hostile: hostileSummary,
+      replay: `dmaemu stress --seed ${o.seed} --ops ${byOps ? o.ops : operations} --devices ${o.devices} --driver-threads ${o.driverThreads} --mode ${o.mode} --hostile ${o.hostile} --hostile-accesses ${o.hostileAccesses} --hostile-duty ${o.hostileDuty}`,
     };
   } finally {
     if (timer) clearTimeout(timer);
