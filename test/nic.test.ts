@@ -173,6 +173,21 @@ describe('nic: TX gathers, RX scatters, the loopback wire joins them', () => {
     expect(dev.inFlight()).toBe(0);
   });
 
+  it('close() after the device failed still unmaps the posted RX buffers and frees the SG-table pool', async () => {
+    const m = await machine();
+    const { dev, drv } = await nic(m);
+    const before = m.stats().liveMappings;
+    drv.postRx([{ pa: m.ram.alloc(PAGE).pa, len: PAGE }]);
+    drv.postRx([{ pa: m.ram.alloc(PAGE).pa, len: PAGE }]);
+    dev.injectFault('throw');
+    const b = m.ram.alloc(PAGE);
+    await expect(drv.transmit([{ pa: b.pa, len: 100 }])).rejects.toMatchObject({ code: 'EIO' });
+    expect(dev.error).not.toBeNull();
+    await drv.close();
+    expect(drv.rxPosted).toBe(0);
+    expect(m.stats().liveMappings).toBe(before);
+  });
+
   it('a machine closed with RX buffers still posted ends cleanly; receive() then reports the device closed', async () => {
     const m = await machine();
     const { drv } = await nic(m);
