@@ -266,6 +266,16 @@ describe('hostile bursts and their spared ranges', () => {
     });
   });
 
+  it('an access list too large to allocate fails the burst and leaves nothing allocated', async () => {
+    await withMachine({}, async (m) => {
+      const bad = await m.addDevice({ bdf: '00:03.0', model: 'hostile', dmaMask: 32 });
+      const before = { live: m.stats().liveMappings, ram: m.stats().ramPagesInUse };
+      const list = Array.from({ length: (RAM[0].size / 16) * 2 }, () => ({ addr: 0, len: 1, write: false }));
+      await expect(hostileBurst(m, bad, { list })).rejects.toMatchObject({ code: 'ENOMEM' });
+      expect({ live: m.stats().liveMappings, ram: m.stats().ramPagesInUse }).toEqual(before);
+    });
+  });
+
   it('a target spared but for one page: every access falls in that page, none touches a spare', () => {
     const base = 0x4000_0000;
     const b: HostileBurst = {

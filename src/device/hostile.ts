@@ -60,8 +60,9 @@ export async function hostileBurst(m: { dma: DmaApi; ram: GuestRam }, dev: Devic
   if (dev.model !== 'hostile') throw new DmaError('EINVAL', `device ${dev.bdf}: a hostile burst needs model 'hostile', not '${dev.model}'`);
   const block = m.dma.allocCoherent(dev, HOSTILE_BLOCK_SIZE);
   const listBytes = (o.list?.length ?? 0) * HOSTILE_LIST_ENTRY;
-  const list = o.list ? m.dma.allocCoherent(dev, Math.max(listBytes, HOSTILE_LIST_ENTRY)) : null;
+  let list: ReturnType<DmaApi['allocCoherent']> | null = null;
   try {
+    list = o.list ? m.dma.allocCoherent(dev, Math.max(listBytes, HOSTILE_LIST_ENTRY)) : null;
     const rings = dev.ringDma;
     const burst: HostileBurst = {
       seed: o.seed ?? 1,
