@@ -240,6 +240,27 @@ describe('nic and nvme: the verified-I/O entry points for workloads', () => {
     await drv.close();
   });
 
+  it('nic.verifiedIo on a device that fails mid-I/O rejects with its EIO and leaves no rejection unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const m = await machine();
+      const { drv, dev } = await nic(m);
+      const tx = m.dma.mapSg(dev, [{ pa: m.ram.alloc(PAGE).pa, len: PAGE }], 'to-device');
+      const rx = m.dma.mapSg(dev, [{ pa: m.ram.alloc(PAGE).pa, len: PAGE }], 'from-device');
+      dev.injectFault('throw', { after: 1 }); // the TX, after the RX descriptor was posted
+      await expect(drv.verifiedIo({ tx, rx, len: 512 })).rejects.toMatchObject({ code: 'EIO' });
+      await new Promise((r) => setImmediate(r)); // unhandled rejections are reported once the microtask queue drains
+      expect(unhandled).toEqual([]);
+      m.dma.unmapSg(dev, tx);
+      m.dma.unmapSg(dev, rx);
+      await drv.close();
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('nic.verifiedIo reports a TX fault as not verified', async () => {
     const m = await machine();
     const { drv, dev } = await nic(m);

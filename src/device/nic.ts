@@ -170,6 +170,8 @@ export class NicDriver {
     this.rawRx++;
     try {
       const rxDone = this.dev.submit(rxTable.addr, 0, rxHave, NIC_OP_RX, rx.segments.length);
+      // Awaited below; when the TX throws first (the device failed), its rejection must not go unhandled.
+      rxDone.catch(() => undefined);
       tc = await this.transmitSegments(truncate(tx.segments, len));
       if (tc.status !== 'ok') {
         // Nothing reached the wire: give the posted buffers back.
