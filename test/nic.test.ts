@@ -196,6 +196,21 @@ describe('nic: TX gathers, RX scatters, the loopback wire joins them', () => {
     await expect(drv.receive()).rejects.toMatchObject({ code: 'EIO' });
   });
 
+  it('RX buffers posted with more room than the largest frame receive a frame (capacity is not a frame length)', async () => {
+    const m = await machine();
+    const { drv } = await nic(m);
+    const big = m.ram.alloc(2 * 65536);
+    drv.postRx([{ pa: big.pa, len: 65536 }, { pa: big.pa + 65536, len: 65536 }]);
+    const src = m.ram.alloc(PAGE);
+    const frame = pattern(1000, 9);
+    m.ram.write(src.pa, frame);
+    await drv.transmit([{ pa: src.pa, len: 1000 }]);
+    const r = await drv.receive();
+    expect(r).toMatchObject({ status: 'ok', len: 1000, checksum: crcRef(frame) });
+    expect(same(r!.data, frame)).toBe(true);
+    await drv.close();
+  });
+
   it('postRx keeps one ring slot for TX', async () => {
     const m = await machine();
     const { drv } = await nic(m); // queueDepth 16
