@@ -276,6 +276,21 @@ describe('hostile bursts and their spared ranges', () => {
     });
   });
 
+  it('a 32-bit device never puts an address at or above 4 GiB on the bus, whatever its targets', async () => {
+    await withMachine({}, async (m) => {
+      const bad = await m.addDevice({ bdf: '00:03.0', model: 'hostile', dmaMask: 32 });
+      const r = await hostileBurst(m, bad, { seed: 11, count: 200, targets: [{ base: 2 ** 32 - 64 * PAGE, size: 128 * PAGE }] });
+      expect(r.attempted).toBe(200);
+      const log = m.iommu.faults();
+      expect(log.length + log.dropped).toBe(r.refused);
+      expect(log.filter((f) => f.addr >= 2 ** 32)).toEqual([]);
+      await expect(hostileBurst(m, bad, { seed: 11, count: 10, targets: [{ base: 2 ** 33, size: PAGE }] })).rejects.toMatchObject({
+        code: 'EINVAL',
+        message: expect.stringMatching(/0000:00:03\.0.*32-bit DMA mask/),
+      });
+    });
+  });
+
   it('a target spared but for one page: every access falls in that page, none touches a spare', () => {
     const base = 0x4000_0000;
     const b: HostileBurst = {

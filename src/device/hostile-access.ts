@@ -19,11 +19,11 @@
  * List mode: `list entries` entries of HOSTILE_LIST_ENTRY bytes at the list DMA address, read by
  * DMA: addr (u64), len (u32), flags (u32, bit 0 = write).
  *
- * Random mode, per access: an address drawn uniformly from the targets (or [0, 2^min(mask, 52)))
- * minus the spare ranges (the device's own rings and this block: a device that wrecks its own
+ * Random mode, per access: an address drawn uniformly from the targets cut to the bus the DMA mask
+ * gives (all of [0, 2^min(mask, 52)) when there are none) minus the spare ranges (the device's own rings and this block: a device that wrecks its own
  * queue stops reporting), a length in [1, maxLen] cut at the page end (never crossing a page)
  * and before the next spare range, a write with probability writePercent %. Targets that lie
- * wholly inside spare ranges leave nothing to draw: the driver refuses the burst ('EINVAL') and
+ * wholly inside spare ranges or beyond the mask leave nothing to draw: the driver refuses the burst ('EINVAL') and
  * the device completes such a command block 'invalid'. The generator is xorshift32 on the seed.
  */
 import { DmaError } from '../errors.js';
@@ -210,7 +210,11 @@ export class HostileAccessGenerator {
     dmaMaskBits: number,
   ) {
     this.x = b.seed >>> 0 || 0x9e3779b9;
-    const targets = b.targets.length > 0 ? b.targets : [{ base: 0, size: 2 ** Math.min(dmaMaskBits, 52) }];
+    // The bus is dmaMaskBits wide: targets are cut to what the device can drive.
+    const bus = 2 ** Math.min(dmaMaskBits, 52);
+    const targets = (b.targets.length > 0 ? b.targets : [{ base: 0, size: bus }])
+      .filter((r) => r.base < bus)
+      .map((r) => ({ base: r.base, size: Math.min(r.size, bus - r.base) }));
     // Draw only where no spare range is: rejection sampling never ends when the spares cover the targets.
     const d = drawable(targets, b.spares);
     this.bases = d.base;
