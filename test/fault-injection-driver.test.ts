@@ -48,6 +48,33 @@ describe('driver thread death', () => {
     expect(ports()).toBe(before);
   });
 
+  it('reports only what the dead thread itself left, not what an earlier owner of its counter slot left', async () => {
+    const m = await Machine.create({ ram: [{ base: 0, size: 16 * MiB }] });
+    const reports: Array<DriverThreadReport | null> = [];
+    const pool = new DriverPool({ threads: 1, onThreadExit: (id) => reports.push(m.reclaimDriverThread(id)) });
+    try {
+      const dev = await m.addDevice({ bdf: '00:03.0', dmaMask: 32 });
+      const die = async (keep: number) => {
+        const out = new SharedArrayBuffer(8 * (2 + 4 * keep));
+        await expect(pool.run('mapAndDie', { driver: m.driverHandle(), bdf: dev.bdf, keep, pages: 1, churn: 4, out })).rejects.toThrow();
+        return new Float64Array(out);
+      };
+      const first = await die(3);
+      await until(() => reports.length === 1);
+      expect(reports[0]).toMatchObject({ mappingsLeft: 3 });
+      // The main thread unmaps what the first thread left; a fresh thread (likely on the freed slot) dies with one.
+      for (let i = 0; i < 3; i++) {
+        m.dma.unmapSingle(dev, { addr: dmaAddr(first[2 + 4 * i]), len: first[3 + 4 * i], dir: 'from-device', bounced: false, domainId: first[4 + 4 * i] });
+      }
+      const second = await die(1);
+      await until(() => reports.length === 2);
+      expect(reports[1]).toEqual({ threadId: second[0], mappingsLeft: 1, iovaPagesFreed: expect.any(Number) });
+    } finally {
+      await pool.close();
+      await m.close();
+    }
+  });
+
   it('finds nothing to reclaim from a thread that closed its driver before it ended', async () => {
     const m = await Machine.create({ ram: [{ base: 0, size: 16 * MiB }] });
     const reports: Array<DriverThreadReport | null> = [];

@@ -245,6 +245,70 @@ describe('hostile device', () => {
   });
 });
 
+describe('hostile bursts and their spared ranges', () => {
+  /** Bounds a call that used to never return (the device drew forever): a rejection, never a timed assertion. */
+  function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    });
+    return Promise.race([p, late]).finally(() => clearTimeout(timer));
+  }
+
+  it('targets wholly inside the device\'s own ring page are refused with EINVAL instead of hanging the device', async () => {
+    await withMachine({ iommu: { deviceTimeoutMs: 0 } }, async (m) => {
+      const bad = await m.addDevice({ bdf: '00:03.0', model: 'hostile', dmaMask: 32 });
+      const sqPage = Math.floor(bad.ringDma.sq / PAGE) * PAGE;
+      const r = bounded(hostileBurst(m, bad, { seed: 3, count: 10, targets: [{ base: sqPage, size: PAGE }] }), 10_000);
+      await expect(r).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/0000:00:03\.0.*lie wholly inside the spared ranges/) });
+      expect(bad.error).toBeNull();
+      expect(bad.inFlight()).toBe(0);
+    });
+  });
+
+  it('an access list too large to allocate fails the burst and leaves nothing allocated', async () => {
+    await withMachine({}, async (m) => {
+      const bad = await m.addDevice({ bdf: '00:03.0', model: 'hostile', dmaMask: 32 });
+      const before = { live: m.stats().liveMappings, ram: m.stats().ramPagesInUse };
+      const list = Array.from({ length: (RAM[0].size / 16) * 2 }, () => ({ addr: 0, len: 1, write: false }));
+      await expect(hostileBurst(m, bad, { list })).rejects.toMatchObject({ code: 'ENOMEM' });
+      expect({ live: m.stats().liveMappings, ram: m.stats().ramPagesInUse }).toEqual(before);
+    });
+  });
+
+  it('a 32-bit device never puts an address at or above 4 GiB on the bus, whatever its targets', async () => {
+    await withMachine({}, async (m) => {
+      const bad = await m.addDevice({ bdf: '00:03.0', model: 'hostile', dmaMask: 32 });
+      const r = await hostileBurst(m, bad, { seed: 11, count: 200, targets: [{ base: 2 ** 32 - 64 * PAGE, size: 128 * PAGE }] });
+      expect(r.attempted).toBe(200);
+      const log = m.iommu.faults();
+      expect(log.length + log.dropped).toBe(r.refused);
+      expect(log.filter((f) => f.addr >= 2 ** 32)).toEqual([]);
+      await expect(hostileBurst(m, bad, { seed: 11, count: 10, targets: [{ base: 2 ** 33, size: PAGE }] })).rejects.toMatchObject({
+        code: 'EINVAL',
+        message: expect.stringMatching(/0000:00:03\.0.*32-bit DMA mask/),
+      });
+    });
+  });
+
+  it('a target spared but for one page: every access falls in that page, none touches a spare', () => {
+    const base = 0x4000_0000;
+    const b: HostileBurst = {
+      seed: 5, count: 2000, mode: 'random', pattern: 1, writePercent: 50, maxLen: 4096,
+      targets: [{ base, size: 2 ** 36 }],
+      spares: [{ base, size: 2 ** 35 }, { base: base + 2 ** 35 + PAGE, size: 2 ** 35 - PAGE }],
+      listAddr: 0, listEntries: 0,
+    };
+    const g = new HostileAccessGenerator(b, 64);
+    const a: HostileAccess = { addr: 0, len: 0, write: false };
+    for (let i = 0; i < b.count; i++) {
+      g.next(a);
+      expect(a.addr).toBeGreaterThanOrEqual(base + 2 ** 35);
+      expect(a.addr + a.len).toBeLessThanOrEqual(base + 2 ** 35 + PAGE);
+    }
+  });
+});
+
 describe('hostile device and peer-to-peer', () => {
   const BAR3 = 0xe000_0000;
   const BAR4 = 0xe010_0000;

@@ -93,6 +93,14 @@ describe('device DMA through the IOMMU', () => {
     expect(m.iommu.faults()[0]).toMatchObject({ bdf: '0000:00:04.0', access: 'read' });
   });
 
+  it('refuses a raw descriptor whose length does not fit its 32-bit field instead of cutting it', async () => {
+    const m = await machine();
+    const dev = await m.addDevice({ bdf: '00:03.0' });
+    await expect(dev.submit(0x100000, 0x200000, 2 ** 32 + 16, 0)).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/0000:00:03\.0: descriptor len 4294967312 does not fit its 32-bit field/) });
+    await expect(dev.submit(-4096, 0x200000, 16, 0)).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/descriptor src -4096 is not a DMA address/) });
+    expect(dev.counters().descriptors).toBe(0);
+  });
+
   it('moves a misaligned copy intact', async () => {
     const m = await machine();
     const dev = await m.addDevice({ bdf: '00:03.0' });

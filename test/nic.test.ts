@@ -173,12 +173,42 @@ describe('nic: TX gathers, RX scatters, the loopback wire joins them', () => {
     expect(dev.inFlight()).toBe(0);
   });
 
+  it('close() after the device failed still unmaps the posted RX buffers and frees the SG-table pool', async () => {
+    const m = await machine();
+    const { dev, drv } = await nic(m);
+    const before = m.stats().liveMappings;
+    drv.postRx([{ pa: m.ram.alloc(PAGE).pa, len: PAGE }]);
+    drv.postRx([{ pa: m.ram.alloc(PAGE).pa, len: PAGE }]);
+    dev.injectFault('throw');
+    const b = m.ram.alloc(PAGE);
+    await expect(drv.transmit([{ pa: b.pa, len: 100 }])).rejects.toMatchObject({ code: 'EIO' });
+    expect(dev.error).not.toBeNull();
+    await drv.close();
+    expect(drv.rxPosted).toBe(0);
+    expect(m.stats().liveMappings).toBe(before);
+  });
+
   it('a machine closed with RX buffers still posted ends cleanly; receive() then reports the device closed', async () => {
     const m = await machine();
     const { drv } = await nic(m);
     drv.postRx([{ pa: m.ram.alloc(PAGE).pa, len: PAGE }]);
     await m.close();
     await expect(drv.receive()).rejects.toMatchObject({ code: 'EIO' });
+  });
+
+  it('RX buffers posted with more room than the largest frame receive a frame (capacity is not a frame length)', async () => {
+    const m = await machine();
+    const { drv } = await nic(m);
+    const big = m.ram.alloc(2 * 65536);
+    drv.postRx([{ pa: big.pa, len: 65536 }, { pa: big.pa + 65536, len: 65536 }]);
+    const src = m.ram.alloc(PAGE);
+    const frame = pattern(1000, 9);
+    m.ram.write(src.pa, frame);
+    await drv.transmit([{ pa: src.pa, len: 1000 }]);
+    const r = await drv.receive();
+    expect(r).toMatchObject({ status: 'ok', len: 1000, checksum: crcRef(frame) });
+    expect(same(r!.data, frame)).toBe(true);
+    await drv.close();
   });
 
   it('postRx keeps one ring slot for TX', async () => {
@@ -223,6 +253,27 @@ describe('nic and nvme: the verified-I/O entry points for workloads', () => {
     m.dma.unmapSg(dev, tx);
     m.dma.unmapSg(dev, rx);
     await drv.close();
+  });
+
+  it('nic.verifiedIo on a device that fails mid-I/O rejects with its EIO and leaves no rejection unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const m = await machine();
+      const { drv, dev } = await nic(m);
+      const tx = m.dma.mapSg(dev, [{ pa: m.ram.alloc(PAGE).pa, len: PAGE }], 'to-device');
+      const rx = m.dma.mapSg(dev, [{ pa: m.ram.alloc(PAGE).pa, len: PAGE }], 'from-device');
+      dev.injectFault('throw', { after: 1 }); // the TX, after the RX descriptor was posted
+      await expect(drv.verifiedIo({ tx, rx, len: 512 })).rejects.toMatchObject({ code: 'EIO' });
+      await new Promise((r) => setImmediate(r)); // unhandled rejections are reported once the microtask queue drains
+      expect(unhandled).toEqual([]);
+      m.dma.unmapSg(dev, tx);
+      m.dma.unmapSg(dev, rx);
+      await drv.close();
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
   });
 
   it('nic.verifiedIo reports a TX fault as not verified', async () => {

@@ -137,6 +137,27 @@ describe('nvme: PRP rules, write then read back byte for byte', () => {
     expect(after.transfers - before.transfers).toBe(2);
   });
 
+  it('a PRP list page that cannot be allocated fails the I/O and gives back the list pages already taken', async () => {
+    const m = await machine({ ...small, iommu: { enabled: false }, swiotlb: { size: 0 } });
+    const { drv } = await nvme(m, { size: 8 * MiB });
+    const w = scatteredPages(m, 600); // two chained list pages
+    // Leave exactly one free page of RAM: the first list page fits, the second does not.
+    let last: { pa: number; size: number } | null = null;
+    for (const size of [1 * MiB, 64 * 1024, PAGE]) {
+      for (;;) {
+        try {
+          last = m.ram.alloc(size);
+        } catch {
+          break;
+        }
+      }
+    }
+    m.ram.free(last!); // a page: the last loop's
+    await expect(drv.write(0, w)).rejects.toMatchObject({ code: 'ENOMEM' });
+    expect(drv.prpListsInUse()).toBe(0);
+    expect(() => drv.close()).not.toThrow();
+  });
+
   it('under a strict IOMMU mapSg merges scattered pages into one segment, and the PRPs follow it', async () => {
     const m = await machine();
     const { dev, drv } = await nvme(m, { dmaMask: 32 });

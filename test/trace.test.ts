@@ -2,6 +2,8 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { Machine, GiB, MiB, DriverPool, HandoffMailbox, mapBenchmark, dmaAddr, type MachineConfig, type ChromeTrace } from '../src/index.js';
 import { pattern } from './support.js';
 import { expectValidTrace, trackOf, eventsOn } from './trace-check.js';
+import { NvmeDriver } from '../src/device/nvme.js';
+import { NicDriver } from '../src/device/nic.js';
 
 let machines: Machine[] = [];
 let pools: DriverPool[] = [];
@@ -197,6 +199,27 @@ describe('DMA timeline trace', () => {
     expect(map.ts + map.dur!).toBeLessThanOrEqual(fill.ts);
     expect(fill.ts + fill.dur!).toBeLessThanOrEqual(unmap.ts);
     expect(fill.args).toMatchObject({ dst: '0x' + (h.addr + 4096).toString(16), len: 4096, status: 'ok' });
+  });
+
+  it('names nvme and nic descriptors by their command on the device track, never as copy-engine fills', async () => {
+    const m = await machine({ trace: { enabled: true } });
+    const ssd = await m.addDevice({ bdf: '00:04.0', model: 'nvme', nvme: { lbaSize: 512, size: 1 * MiB } });
+    const nicDev = await m.addDevice({ bdf: '00:05.0', model: 'nic' });
+    const nvme = new NvmeDriver(m, ssd);
+    const nic = new NicDriver(m, nicDev);
+    const b = m.ram.alloc(8192);
+    await nvme.write(0, [{ pa: b.pa, len: 4096 }]);
+    await nvme.read(0, [{ pa: b.pa + 4096, len: 4096 }]);
+    nic.postRx([{ pa: b.pa, len: 2048 }]);
+    await nic.transmit([{ pa: b.pa + 4096, len: 100 }]);
+    await nic.receive();
+    const t = m.trace!.toChromeTrace();
+    expectValidTrace(t);
+    const names = (bdf: string) => eventsOn(t, trackOf(t, bdf)!, 'X').filter((e) => e.cat === 'transfer').map((e) => e.name);
+    expect(names('0000:00:04.0 nvme')).toEqual(['nvme write', 'nvme read']);
+    expect(names('0000:00:05.0 nic')).toEqual(['nic rx post', 'nic tx']);
+    nvme.close();
+    await nic.close();
   });
 
   it('writes the trace file after close()', async () => {

@@ -50,7 +50,7 @@ import {
   decodeDescriptor,
   encodeCompletion,
 } from '../src/device/rings.js';
-import { DEFERRED, type DeviceModel, type ModelName, type ModelOptions } from '../src/device/device-model.js';
+import { DEFERRED, MODEL_NAMES, type DeviceModel, type ModelName, type ModelOptions } from '../src/device/device-model.js';
 import { MODELS } from './models/index.js';
 import { TraceRings, TRACE_KIND, type TraceRingsHandle, type TraceWriter } from '../src/trace/trace-ring.js';
 
@@ -102,6 +102,8 @@ class DeviceRunner {
   private ringGen: number;
   /** This device's trace ring: a slice per descriptor (null: tracing off). */
   private readonly trace: TraceWriter | null;
+  /** The model in a transfer slice's info word: the exporter reads the descriptor as it does. */
+  private readonly traceModel: number;
   error: string | null = null;
 
   constructor(readonly cfg: DeviceWorkerConfig) {
@@ -118,6 +120,7 @@ class DeviceRunner {
     this.cqTail = Atomics.load(this.ctl, CQ_TAIL);
     this.trace = cfg.trace ? TraceRings.attach(cfg.trace).claim('device', `${cfg.name} ${cfg.model}`, cfg.engine.requesterId) : null;
     this.engine.trace = this.trace;
+    this.traceModel = Math.max(0, MODEL_NAMES.indexOf(cfg.model)) << 24;
   }
 
   run(): void {
@@ -249,7 +252,7 @@ class DeviceRunner {
     const r = this.execute();
     if (k[STAT.descriptors] !== before) {
       const d = this.desc;
-      tr.slice(TRACE_KIND.transfer, t0, d.src, d.dst, d.len, (this.comp.status & 0xff) | ((d.flags & 0xffff) << 8));
+      tr.slice(TRACE_KIND.transfer, t0, d.src, d.dst, d.len, (this.comp.status & 0xff) | ((d.flags & 0xffff) << 8) | this.traceModel);
     }
     if (r === STEP_OK) this.publish(firstTail);
     return r;

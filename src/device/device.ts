@@ -249,6 +249,7 @@ export class Device {
    * word (rings.ts; the nvme and nic drivers use it).
    */
   async submit(src: number, dst: number, len: number, flags: number, arg = 0): Promise<Completion> {
+    this.checkDescriptor(src, dst, len, flags, arg);
     if (this.failure) throw this.failure;
     if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
     while (this.pending.size >= this.queueDepth) {
@@ -266,6 +267,7 @@ export class Device {
    * default submit() sleeps instead. Needs an idle queue ('EBUSY' otherwise).
    */
   submitPolled(src: number, dst: number, len: number, flags = 0, timeoutMs = 5000): Completion {
+    this.checkDescriptor(src, dst, len, flags, 0);
     if (this.failure) throw this.failure;
     if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
     if (this.pending.size > 0) throw new DmaError('EBUSY', `device ${this.bdf}: submitPolled needs an idle queue (${this.pending.size} descriptors in flight)`);
@@ -419,6 +421,16 @@ export class Device {
       throw new DmaError('EINVAL', `device ${this.bdf}: ${op} descriptor rejected by the ${this.model} (address beyond its ${this.dmaMaskBits}-bit DMA mask, or length over ${MAX_TRANSFER})`);
     }
     throw new DmaError('EIO', `device ${this.bdf}: ${op} aborted`);
+  }
+
+  /** A raw descriptor's words must fit their ring fields (rings.ts): nothing is silently cut. */
+  private checkDescriptor(src: number, dst: number, len: number, flags: number, arg: number): void {
+    for (const [k, v] of [['src', src], ['dst', dst]] as const) {
+      if (!Number.isSafeInteger(v) || v < 0) throw new DmaError('EINVAL', `device ${this.bdf}: descriptor ${k} ${String(v)} is not a DMA address (a 64-bit field)`);
+    }
+    for (const [k, v] of [['len', len], ['flags', flags], ['arg', arg]] as const) {
+      if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new DmaError('EINVAL', `device ${this.bdf}: descriptor ${k} ${String(v)} does not fit its 32-bit field`);
+    }
   }
 
   /** copy() and fill() are the copy engine's commands; other models read descriptors their own way. */

@@ -19,11 +19,12 @@
  * List mode: `list entries` entries of HOSTILE_LIST_ENTRY bytes at the list DMA address, read by
  * DMA: addr (u64), len (u32), flags (u32, bit 0 = write).
  *
- * Random mode, per access: a target range chosen with probability proportional to its size (or
- * [0, 2^min(mask, 52))), an address in it, a length in [1, maxLen] cut at the page end (never
- * crossing a page), a write with probability writePercent %. Accesses that would touch a spare
- * range (the device's own rings and this block: a device that wrecks its own queue stops
- * reporting) are drawn again. The generator is xorshift32 on the seed.
+ * Random mode, per access: an address drawn uniformly from the targets cut to the bus the DMA mask
+ * gives (all of [0, 2^min(mask, 52)) when there are none) minus the spare ranges (the device's own rings and this block: a device that wrecks its own
+ * queue stops reporting), a length in [1, maxLen] cut at the page end (never crossing a page)
+ * and before the next spare range, a write with probability writePercent %. Targets that lie
+ * wholly inside spare ranges or beyond the mask leave nothing to draw: the driver refuses the burst ('EINVAL') and
+ * the device completes such a command block 'invalid'. The generator is xorshift32 on the seed.
  */
 import { DmaError } from '../errors.js';
 
@@ -97,6 +98,36 @@ export function checkBurst(b: HostileBurst, who: string): void {
       bad(`range {base: ${String(r.base)}, size: ${String(r.size)}} is not a DMA address range`);
     }
   }
+  if (b.mode === 'random' && b.targets.length > 0 && drawable(b.targets, b.spares).size.length === 0) {
+    const t = b.targets.map((r) => `[0x${r.base.toString(16)}, 0x${(r.base + r.size).toString(16)})`).join(', ');
+    bad(`targets ${t} lie wholly inside the spared ranges (the device's rings and command block): no address is left to draw`);
+  }
+}
+
+/** The parts of `targets` outside every spare range, as parallel arrays of bases and sizes. */
+function drawable(targets: readonly AddressRange[], spares: readonly AddressRange[]): { base: number[]; size: number[] } {
+  const base: number[] = [];
+  const size: number[] = [];
+  for (const t of targets) {
+    const end = t.base + t.size;
+    const cut = spares
+      .map((s) => [Math.max(s.base, t.base), Math.min(s.base + s.size, end)] as const)
+      .filter(([a, z]) => a < z)
+      .sort((x, y) => x[0] - y[0]);
+    let at = t.base;
+    for (const [a, z] of cut) {
+      if (a > at) {
+        base.push(at);
+        size.push(a - at);
+      }
+      at = Math.max(at, z);
+    }
+    if (end > at) {
+      base.push(at);
+      size.push(end - at);
+    }
+  }
+  return { base, size };
 }
 
 export function encodeBurst(v: DataView, at: number, b: HostileBurst): void {
@@ -179,11 +210,22 @@ export class HostileAccessGenerator {
     dmaMaskBits: number,
   ) {
     this.x = b.seed >>> 0 || 0x9e3779b9;
-    const targets = b.targets.length > 0 ? b.targets : [{ base: 0, size: 2 ** Math.min(dmaMaskBits, 52) }];
-    this.bases = targets.map((r) => r.base);
-    this.sizes = targets.map((r) => r.size);
+    // The bus is dmaMaskBits wide: targets are cut to what the device can drive.
+    const bus = 2 ** Math.min(dmaMaskBits, 52);
+    const targets = (b.targets.length > 0 ? b.targets : [{ base: 0, size: bus }])
+      .filter((r) => r.base < bus)
+      .map((r) => ({ base: r.base, size: Math.min(r.size, bus - r.base) }));
+    // Draw only where no spare range is: rejection sampling never ends when the spares cover the targets.
+    const d = drawable(targets, b.spares);
+    this.bases = d.base;
+    this.sizes = d.size;
     this.total = this.sizes.reduce((a, s) => a + s, 0);
     this.spares = b.spares;
+  }
+
+  /** False when the spare ranges cover every target: next() has nothing to give. */
+  get drawable(): boolean {
+    return this.total > 0;
   }
 
   /** xorshift32, as a fraction in [0, 1). */
@@ -198,25 +240,19 @@ export class HostileAccessGenerator {
 
   /** Fills `out` with the next access. */
   next(out: HostileAccess): HostileAccess {
-    for (;;) {
-      // Two draws for the position: one 32-bit draw cannot reach every byte of a large range.
-      let at = (this.rand() + this.rand() / 2 ** 32) * this.total;
-      let i = 0;
-      while (i < this.sizes.length - 1 && at >= this.sizes[i]) at -= this.sizes[i++];
-      const addr = this.bases[i] + Math.min(Math.floor(at), this.sizes[i] - 1);
-      const want = 1 + Math.floor(this.rand() * this.b.maxLen);
-      const len = Math.min(want, PAGE - (addr % PAGE));
-      const write = this.rand() * 100 < this.b.writePercent;
-      if (this.spared(addr, len)) continue;
-      out.addr = addr;
-      out.len = len;
-      out.write = write;
-      return out;
-    }
-  }
-
-  private spared(addr: number, len: number): boolean {
-    for (const s of this.spares) if (addr < s.base + s.size && addr + len > s.base) return true;
-    return false;
+    if (this.total === 0) throw new DmaError('EINVAL', 'hostile burst: the spared ranges cover every target; no access to draw');
+    // Two draws for the position: one 32-bit draw cannot reach every byte of a large range.
+    let at = (this.rand() + this.rand() / 2 ** 32) * this.total;
+    let i = 0;
+    while (i < this.sizes.length - 1 && at >= this.sizes[i]) at -= this.sizes[i++];
+    const addr = this.bases[i] + Math.min(Math.floor(at), this.sizes[i] - 1);
+    const want = 1 + Math.floor(this.rand() * this.b.maxLen);
+    let len = Math.min(want, PAGE - (addr % PAGE));
+    // addr lies outside every spare: one that overlaps starts after it, and the access stops there.
+    for (const s of this.spares) if (s.base > addr && s.base < addr + len) len = s.base - addr;
+    out.addr = addr;
+    out.len = len;
+    out.write = this.rand() * 100 < this.b.writePercent;
+    return out;
   }
 }

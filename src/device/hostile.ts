@@ -14,6 +14,7 @@ import {
   HOSTILE_BLOCK_SIZE,
   HOSTILE_LIST_ENTRY,
   HOSTILE_RESULT_OFFSET,
+  HostileAccessGenerator,
   checkBurst,
   decodeResult,
   encodeBurst,
@@ -69,8 +70,9 @@ export async function hostileBurst(m: { dma: DmaApi; ram: GuestRam }, dev: Devic
   }
   const block = o.commandBlock ?? m.dma.allocCoherent(dev, HOSTILE_BLOCK_SIZE);
   const listBytes = (o.list?.length ?? 0) * HOSTILE_LIST_ENTRY;
-  const list = o.list ? m.dma.allocCoherent(dev, Math.max(listBytes, HOSTILE_LIST_ENTRY)) : null;
+  let list: ReturnType<DmaApi['allocCoherent']> | null = null;
   try {
+    list = o.list ? m.dma.allocCoherent(dev, Math.max(listBytes, HOSTILE_LIST_ENTRY)) : null;
     const rings = dev.ringDma;
     const burst: HostileBurst = {
       seed: o.seed ?? 1,
@@ -91,6 +93,9 @@ export async function hostileBurst(m: { dma: DmaApi; ram: GuestRam }, dev: Devic
       listEntries: o.list?.length ?? 0,
     };
     checkBurst(burst, `device ${dev.bdf}`);
+    if (burst.mode === 'random' && !new HostileAccessGenerator(burst, dev.dmaMaskBits).drawable) {
+      throw new DmaError('EINVAL', `device ${dev.bdf}: hostile burst targets lie beyond its ${dev.dmaMaskBits}-bit DMA mask (or in spared ranges): no address is left to draw`);
+    }
     const bytes = new Uint8Array(HOSTILE_BLOCK_SIZE);
     encodeBurst(new DataView(bytes.buffer), 0, burst);
     m.ram.write(block.cpuAddr, bytes);

@@ -9,7 +9,8 @@
  * table in guest RAM (like VIRTQ_DESC_F_INDIRECT) instead of chaining ring slots.
  *   src  (u64)  DMA address of the SG table (entries of NIC_SG_ENTRY_SIZE, 8-byte aligned)
  *   dst  (u64)  0
- *   len  (u32)  TX: frame length = sum of the entries; RX: capacity = sum of the entries
+ *   len  (u32)  TX: frame length = sum of the entries (at most NIC_MAX_FRAME); RX: capacity = sum
+ *               of the entries (any u32: posted room may exceed the largest frame)
  *   flags(u32)  opcode: NIC_OP_TX, NIC_OP_RX (post buffers), NIC_OP_RX_RESET (give them back)
  *   arg  (u32)  number of SG table entries (1..NIC_MAX_SG)
  * SG table entry, 16 bytes: 0 addr (u64)  8 len (u32, > 0)  12 reserved (u32, 0)

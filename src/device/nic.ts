@@ -204,15 +204,31 @@ export class NicDriver {
     }
   }
 
-  /** Takes back every posted RX buffer (the device completes them 'aborted'), then frees the pool. */
+  /**
+   * Takes back every posted RX buffer (the device completes them 'aborted'), then frees the pool.
+   * A device that failed cannot complete them: their buffers are unmapped all the same (as a
+   * netdev's teardown after a dead device) and close() does not throw for it (dev.error says why).
+   */
   async close(): Promise<void> {
     if (this.closed) return;
+    let firstError: unknown = null;
     if (this.rx.length > 0) {
-      await this.dev.submit(0, 0, 0, NIC_OP_RX_RESET);
-      while (this.rx.length > 0) await this.receive();
+      try {
+        await this.dev.submit(0, 0, 0, NIC_OP_RX_RESET);
+      } catch (e) {
+        firstError = e;
+      }
+      while (this.rx.length > 0) {
+        try {
+          await this.receive(); // unmaps the buffers whether the RX completed or was rejected
+        } catch (e) {
+          firstError ??= e;
+        }
+      }
     }
     this.closed = true;
     this.tables.destroy();
+    if (firstError !== null && this.dev.error === null) throw firstError;
   }
 
   private postSegments(sg: DmaSgTable): void {

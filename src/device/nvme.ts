@@ -245,7 +245,14 @@ export class NvmeDriver {
       counts.push(n);
       rest -= n;
     }
-    const lists = counts.map(() => pool.alloc());
+    const lists: DmaPoolBlock[] = [];
+    try {
+      // A list page that cannot be had (ENOMEM) fails the I/O; the ones taken go back (nvme_free_prps).
+      for (let i = 0; i < counts.length; i++) lists.push(pool.alloc());
+    } catch (e) {
+      for (const b of lists) pool.release(b);
+      throw e;
+    }
     this.prpStats.listCommands++;
     this.prpStats.listEntries += pages.length;
     let k = 0;

@@ -4,9 +4,12 @@
  *
  * Layout of its SharedArrayBuffer:
  *   Int32 [0 .. SLOTS)            owner word per slot: 0 free, else the owner's threadId + 1
- *   Float64 at byte SLOT_BYTES*(s+1), FIELDS entries per slot (a 128-byte line), written by the owner only
+ *   Float64 at byte SLOT_BYTES*(s+1), per slot (256 bytes, two cache lines), written by the owner only:
+ *     [0 .. FIELDS)               the counts
+ *     [BASELINE .. +FIELDS)       the counts when the owner claimed the slot (what earlier owners
+ *                                 left in it), stored by the claimer right after its compareExchange
  * Invariant: a slot's fields only grow while it is taken; a released slot keeps its counts, and
- * the next owner adds to them, so sums never go backwards.
+ * the next owner adds to them, so sums never go backwards. What one owner did is counts − baseline.
  * Readers sum every slot; while threads are mapping a sum is a snapshot, exact when all are idle.
  */
 import { threadId } from 'node:worker_threads';
@@ -33,7 +36,9 @@ export type DmaCounterField = (typeof DMA_COUNTER_FIELDS)[number];
 export type DmaCounterValues = Record<DmaCounterField, number>;
 
 const SLOTS = 64;
-const SLOT_BYTES = 128; // 16 float64: one slot never shares a cache line with another
+const SLOT_BYTES = 256; // 32 float64: one slot never shares a cache line with another
+/** Float64 index in a slot of the baseline counts (see the layout). */
+const BASELINE = 16;
 /** Field indices, for add(): DMA_COUNTER.maps etc. */
 export const DMA_COUNTER = Object.fromEntries(DMA_COUNTER_FIELDS.map((k, i) => [k, i])) as Record<DmaCounterField, number>;
 
@@ -74,15 +79,18 @@ export class DmaCounters {
   }
 
   /**
-   * The counts of the slot(s) thread `tid` holds, and frees them (their counts stay in the sums).
-   * Only for a thread that has ended; null when it holds none (it released them itself).
+   * What thread `tid` counted in the slot(s) it holds (since it claimed them: not what earlier
+   * owners left there), and frees them (their counts stay in the sums). Only for a thread that
+   * has ended; null when it holds none (it released them itself).
    */
   reclaimThread(tid: number): DmaCounterValues | null {
     let out: DmaCounterValues | null = null;
     for (let s = 0; s < SLOTS; s++) {
+      // ORDERING: the owner word, stored by the claimer's compareExchange before its counts.
       if (Atomics.load(this.owners, s) !== tid + 1 || s === this.slot) continue;
       out ??= Object.fromEntries(DMA_COUNTER_FIELDS.map((k) => [k, 0])) as DmaCounterValues;
-      for (let f = 0; f < DMA_COUNTER_FIELDS.length; f++) out[DMA_COUNTER_FIELDS[f]] += this.all[s * (SLOT_BYTES / 8) + f];
+      const at = s * (SLOT_BYTES / 8);
+      for (let f = 0; f < DMA_COUNTER_FIELDS.length; f++) out[DMA_COUNTER_FIELDS[f]] += this.all[at + f] - this.all[at + BASELINE + f];
       Atomics.store(this.owners, s, 0);
     }
     return out;
@@ -105,6 +113,7 @@ export class DmaCounters {
       if (Atomics.compareExchange(this.owners, s, 0, threadId + 1) === 0) {
         this.slot = s;
         this.mine = new Float64Array(this.handle.sab, SLOT_BYTES * (s + 1), SLOT_BYTES / 8);
+        this.mine.copyWithin(BASELINE, 0, DMA_COUNTER_FIELDS.length); // what earlier owners left
         return this.mine;
       }
     }

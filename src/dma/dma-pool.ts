@@ -4,7 +4,7 @@
  * NIC SG tables). A block never crosses a page, as dma_pool guarantees for blocks up to a
  * page. Driver-side and single-threaded, like the driver that owns it; not a shared layout.
  */
-import { DmaError } from '../errors.js';
+import { DmaError, hex } from '../errors.js';
 import { PAGE_SIZE, type DmaAddr, type Pa, dmaAddr, pa } from '../addresses.js';
 import type { DmaApi, DmaCoherent, DmaDevice } from './dma-api.js';
 
@@ -17,8 +17,9 @@ export interface DmaPoolBlock {
 export class DmaPool {
   private readonly pages: DmaCoherent[] = [];
   private readonly free: DmaPoolBlock[] = [];
+  /** Blocks handed out, by DMA address: release() takes back only these (dma_pool_free's checks). */
+  private readonly out = new Map<number, DmaPoolBlock>();
   private readonly perPage: number;
-  private used = 0;
   private destroyed = false;
 
   /** dma_pool_create(name, dev, size, align = size, boundary = page). */
@@ -44,25 +45,36 @@ export class DmaPool {
         this.free.push({ cpuAddr: pa(page.cpuAddr + i * this.size), addr: dmaAddr(page.addr + i * this.size) });
       }
     }
-    this.used++;
-    return this.free.pop()!;
+    const b = this.free.pop()!;
+    this.out.set(b.addr, b);
+    return b;
   }
 
-  /** dma_pool_free. */
+  /**
+   * dma_pool_free: 'EINVAL' for a block this pool has not handed out (freed twice, from another
+   * pool, or made up), as DMAPOOL_DEBUG refuses it: the free list would hand it out twice.
+   */
   release(b: DmaPoolBlock): void {
-    this.free.push(b);
-    this.used--;
+    const mine = this.out.get(b?.addr);
+    if (mine === undefined || mine.cpuAddr !== b.cpuAddr) {
+      throw new DmaError(
+        'EINVAL',
+        `dma_pool ${this.name} for device ${this.dev.bdf}: free of the block at DMA address ${typeof b?.addr === 'number' ? hex(b.addr) : String(b?.addr)}, which is not a block of this pool in use (freed twice, or not from this pool)`,
+      );
+    }
+    this.out.delete(b.addr);
+    this.free.push(mine);
   }
 
   /** Blocks handed out and not yet freed. */
   inUse(): number {
-    return this.used;
+    return this.out.size;
   }
 
   /** dma_pool_destroy: every page goes back ('EBUSY' while blocks are in use, as Linux warns). */
   destroy(): void {
     if (this.destroyed) return;
-    if (this.used > 0) throw new DmaError('EBUSY', `dma_pool ${this.name} for device ${this.dev.bdf}: destroy with ${this.used} block(s) still in use`);
+    if (this.out.size > 0) throw new DmaError('EBUSY', `dma_pool ${this.name} for device ${this.dev.bdf}: destroy with ${this.out.size} block(s) still in use`);
     this.destroyed = true;
     for (const p of this.pages) this.dma.freeCoherent(this.dev, p);
     this.pages.length = 0;

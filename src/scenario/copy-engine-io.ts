@@ -15,7 +15,9 @@ export const copyEngineIo: IoModel = {
 };
 
 async function submitCopies(dev: Device, io: IoRequest): Promise<IoStatus> {
-  const pending: Array<Promise<{ status: IoStatus }>> = [];
+  // Every piece is worked out before the first is queued: segments that fall short are refused
+  // with nothing submitted (a descriptor left queued would DMA after the caller unmapped).
+  const pieces: Array<[src: number, dst: number, len: number]> = [];
   let r = 0;
   let w = 0;
   let rOff = 0;
@@ -28,7 +30,7 @@ async function submitCopies(dev: Device, io: IoRequest): Promise<IoStatus> {
       throw new DmaError('EINVAL', `copy-engine I/O on device ${dev.bdf}: segments cover fewer than its ${io.len} bytes`);
     }
     const n = Math.min(rs.len - rOff, ws.len - wOff, left, MAX_TRANSFER);
-    pending.push(dev.submit(rs.addr + rOff, ws.addr + wOff, n, 0));
+    pieces.push([rs.addr + rOff, ws.addr + wOff, n]);
     left -= n;
     rOff += n;
     wOff += n;
@@ -41,6 +43,6 @@ async function submitCopies(dev: Device, io: IoRequest): Promise<IoStatus> {
       wOff = 0;
     }
   }
-  const done = await Promise.all(pending);
+  const done = await Promise.all(pieces.map(([src, dst, n]) => dev.submit(src, dst, n, 0)));
   return done.find((c) => c.status !== 'ok')?.status ?? 'ok';
 }

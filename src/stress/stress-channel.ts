@@ -154,7 +154,8 @@ export class StressChannel {
     for (;;) {
       const head = this.w[b + REQ_HEAD];
       // ORDERING: REQ_TAIL load pairs with the driver's store after it wrote the slots; CLOSED is
-      // read after REQ_TAIL so that requests posted before close are still seen.
+      // read BEFORE REQ_TAIL: the driver stores CLOSED after its last REQ_TAIL, so a CLOSED seen
+      // here means the tail loaded next holds every request (the other order could drop some).
       const closed = Atomics.load(this.w, b + CLOSED) === 1;
       const tail = Atomics.load(this.w, b + REQ_TAIL);
       if (tail !== head) {

@@ -23,6 +23,9 @@ import { TRACE_KIND, type TraceEvent, type TraceSnapshot, type TraceRingSnapshot
 import { unpackMapInfo } from './dma-trace.js';
 import { FAULT_REASONS } from '../iommu/fault-ring.js';
 import { formatBdf } from '../pci/bdf.js';
+import { MODEL_NAMES } from '../device/device-model.js';
+import { NVME_CMD_FLUSH, NVME_CMD_READ, NVME_CMD_WRITE } from '../device/nvme-command.js';
+import { NIC_OP_RX, NIC_OP_RX_RESET, NIC_OP_TX } from '../device/nic-command.js';
 
 export interface ChromeTraceEvent {
   name: string;
@@ -178,36 +181,34 @@ function driverEvents(ring: TraceRingSnapshot, tid: number, out: ChromeTraceEven
   }
 }
 
-/** The model of a device ring (named "<bdf> <model>" by the device worker). */
-const modelOf = (ring: TraceRingSnapshot): string => ring.name.slice(ring.name.lastIndexOf(' ') + 1);
-
-const NVME_OPS: Record<number, string> = { 0: 'nvme flush', 1: 'nvme write', 2: 'nvme read' };
-const NIC_OPS: Record<number, string> = { 1: 'nic tx', 2: 'nic rx post', 3: 'nic rx reset' };
-
-/** A transfer slice's name and args: the descriptor as its model reads it (copy-engine: copy or fill). */
-function transferSlice(model: string, e: TraceEvent): { name: string; args: Record<string, unknown> } {
-  const flags = (e.info >>> 8) & 0xffff;
+/** A device's descriptor as its model reads it (the transfer's info word names the model). */
+function transferOf(e: TraceEvent): { name: string; args: Record<string, unknown>; used: number[] } {
   const status = STATUS_NAMES[e.info & 0xff] ?? String(e.info & 0xff);
-  if (model === 'nvme') return { name: NVME_OPS[flags] ?? `nvme opcode ${hex(flags)}`, args: { prp1: hex(e.a), prp2: hex(e.b), nlb: e.c + 1, status } };
-  if (model === 'nic') return { name: NIC_OPS[flags] ?? `nic op ${flags}`, args: { sgTable: hex(e.a), len: e.c, ...(flags === 2 ? {} : { status }) } };
-  const fill = (flags & 1) !== 0;
-  return fill ? { name: 'fill', args: { dst: hex(e.b), len: e.c, value: e.a & 0xff, status } } : { name: 'copy', args: { src: hex(e.a), dst: hex(e.b), len: e.c, status } };
+  const op = (e.info >>> 8) & 0xffff;
+  switch (MODEL_NAMES[(e.info >>> 24) & 0x7f]) {
+    case 'nvme': // src PRP1 (data), dst PRP2 (data or a PRP list), len NLB (0-based): nvme-command.ts
+      return { name: `nvme ${NVME_OPS[op] ?? `opcode ${hex(op)}`}`, args: { prp1: hex(e.a), prp2: hex(e.b), nlb: e.c, status }, used: [e.a] };
+    case 'nic': // src the SG table, len the frame or RX capacity: nic-command.ts
+      return { name: `nic ${NIC_OPS[op] ?? `opcode ${op}`}`, args: { sgTable: hex(e.a), len: e.c, status }, used: [] };
+    case 'hostile': // src the command block: hostile-access.ts
+      return { name: 'hostile burst', args: { commandBlock: hex(e.a), status }, used: [] };
+    default: {
+      const fill = (op & 1) !== 0; // the copy engine's FILL flag (rings.ts)
+      return fill
+        ? { name: 'fill', args: { dst: hex(e.b), len: e.c, value: e.a & 0xff, status }, used: e.c > 0 ? [e.b] : [] }
+        : { name: 'copy', args: { src: hex(e.a), dst: hex(e.b), len: e.c, status }, used: e.c > 0 ? [e.a, e.b] : [] };
+    }
+  }
 }
-
-/** The data addresses a transfer slice names, for flows (nic: its SG table is not data; nvme: PRP2 when used). */
-function dataAddrs(model: string, e: TraceEvent): number[] {
-  if (model === 'nic') return [];
-  if (model === 'nvme') return e.b !== 0 ? [e.a, e.b] : [e.a];
-  return ((e.info >>> 8) & 1) !== 0 ? [e.b] : [e.a, e.b];
-}
+const NVME_OPS: Record<number, string> = { [NVME_CMD_FLUSH]: 'flush', [NVME_CMD_WRITE]: 'write', [NVME_CMD_READ]: 'read' };
+const NIC_OPS: Record<number, string> = { [NIC_OP_TX]: 'tx', [NIC_OP_RX]: 'rx post', [NIC_OP_RX_RESET]: 'rx reset' };
 
 function deviceEvents(ring: TraceRingSnapshot, tid: number, out: ChromeTraceEvent[]): void {
   const pid = PID_DEVICES;
-  const model = modelOf(ring);
   for (const e of ring.events) {
     if (e.kind === TRACE_KIND.transfer) {
-      const t = transferSlice(model, e);
-      out.push(slice(t.name, 'transfer', e, pid, tid, t.args));
+      const x = transferOf(e);
+      out.push(slice(x.name, 'transfer', e, pid, tid, x.args));
     } else if (e.kind === TRACE_KIND.iotlbMiss) {
       out.push({ name: 'iotlb miss', cat: 'iommu', ph: 'i', s: 't', ts: e.ts, pid, tid, args: { page: hex(e.a), domain: e.info } });
     } else if (e.kind === TRACE_KIND.fault) {
@@ -255,10 +256,9 @@ function flowEvents(rings: TraceRingSnapshot[], maps: Map<number, MapRange[]>, o
     if (ring.role !== 'device') continue;
     const list = maps.get(ring.requesterId);
     const tid = ring.index + 1;
-    const model = modelOf(ring);
     for (const e of ring.events) {
-      if (e.kind !== TRACE_KIND.transfer || (model !== 'nvme' && e.c <= 0)) continue; // nvme: len is the 0-based NLB
-      for (const addr of dataAddrs(model, e)) {
+      if (e.kind !== TRACE_KIND.transfer) continue;
+      for (const addr of transferOf(e).used) {
         const m = mapOf(list, e.ts, addr);
         if (!m) continue;
         seq++;

@@ -60,7 +60,10 @@ export type TraceRole = 'driver' | 'device';
 
 /** What one event records (the `kind` word). */
 export const TRACE_KIND = {
-  /** Device: one descriptor, a slice. a = src, b = dst, c = len, info = status | fill << 8. */
+  /**
+   * Device: one descriptor, a slice. a = src, b = dst, c = len (the descriptor's words, as its
+   * model reads them), info = status | flags << 8 (16 bits) | model << 24 (MODEL_NAMES index).
+   */
   transfer: 1,
   /** Driver slices: a = DMA address, b = PA, c = len, info = packMapInfo(). */
   mapSingle: 2,

@@ -73,6 +73,10 @@ export class HostileDevice implements DeviceModel {
     let ok = true;
     if (b.mode === 'random') {
       const gen = new HostileAccessGenerator(b, this.maskBits);
+      if (!gen.drawable) {
+        c.status = STATUS_INVALID; // every target is spared: nothing to draw
+        return;
+      }
       for (let i = 0; i < b.count; i++) this.access(gen.next(this.a), b.pattern, r);
     } else {
       for (let i = 0; i < b.listEntries && ok; i += LIST_CHUNK) {

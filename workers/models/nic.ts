@@ -110,7 +110,9 @@ export class NicModel implements DeviceModel {
     const e = this.e;
     const n = d.arg;
     const bytes = n * NIC_SG_ENTRY_SIZE;
-    if (n < 1 || n > NIC_MAX_SG || d.len < 1 || d.len > NIC_MAX_FRAME || d.dst !== 0 || d.src % 8 !== 0 || d.src + bytes > this.limit) {
+    // A TX length is a frame (at most NIC_MAX_FRAME); an RX length is room, which may exceed one.
+    const maxLen = d.flags === NIC_OP_TX ? NIC_MAX_FRAME : 0xffffffff;
+    if (n < 1 || n > NIC_MAX_SG || d.len < 1 || d.len > maxLen || d.dst !== 0 || d.src % 8 !== 0 || d.src + bytes > this.limit) {
       c.status = STATUS_INVALID;
       return false;
     }
