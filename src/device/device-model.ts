@@ -2,7 +2,8 @@
  * What a device model implements: how one submission-queue entry becomes DMA. Models run in
  * the device's worker thread, between DmaEngine.begin() and end().
  */
-import type { CompletionEntry, Descriptor } from './rings.js';
+import { STATUS_OK, type CompletionEntry, type Descriptor } from './rings.js';
+import { STAT } from './device-control.js';
 import type { DmaEngine } from './dma-engine.js';
 
 /** process() returns this when the descriptor completes later (see DeviceModel.takeCompleted). */
@@ -55,3 +56,17 @@ export type DeviceModelFactory = (ctx: DeviceModelContext) => DeviceModel;
 
 export const MODEL_NAMES = ['copy-engine', 'nvme', 'nic', 'hostile'] as const;
 export type ModelName = (typeof MODEL_NAMES)[number];
+
+/**
+ * What every model does first with a descriptor: a fresh completion for it (ok, nothing moved,
+ * no fault yet) and one more descriptor in the device's counters.
+ */
+export function acceptDescriptor(d: Descriptor, c: CompletionEntry, counts: Float64Array): void {
+  c.id = d.id;
+  c.status = STATUS_OK;
+  c.bytes = 0;
+  c.faultReason = 0;
+  c.faultAddr = 0;
+  c.faultWrite = false;
+  counts[STAT.descriptors]++;
+}

@@ -4,7 +4,7 @@
  * writes one byte value over dst. The whole descriptor is translated before any byte moves, so
  * a fault anywhere leaves RAM untouched.
  */
-import type { DeviceModel, DeviceModelContext } from '../../src/device/device-model.js';
+import { acceptDescriptor, type DeviceModel, type DeviceModelContext } from '../../src/device/device-model.js';
 import { RunList, MAX_TRANSFER, type DmaEngine } from '../../src/device/dma-engine.js';
 import { STAT } from '../../src/device/device-control.js';
 import {
@@ -31,12 +31,7 @@ export class CopyEngine implements DeviceModel {
   process(d: Descriptor, c: CompletionEntry): void {
     const e = this.e;
     const k = e.counts;
-    c.id = d.id;
-    c.bytes = 0;
-    c.faultReason = 0;
-    c.faultAddr = 0;
-    c.faultWrite = false;
-    k[STAT.descriptors]++;
+    acceptDescriptor(d, c, k);
     const fill = (d.flags & FLAG_FILL) !== 0;
     if ((d.flags & ~KNOWN_FLAGS) !== 0 || d.len > MAX_TRANSFER || d.dst + d.len > this.limit || (!fill && d.src + d.len > this.limit)) {
       // Unknown flags, too long, or addresses this device cannot drive with its mask.

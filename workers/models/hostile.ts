@@ -13,7 +13,7 @@
  * lines wide. Every EPOCH_BATCH accesses the device leaves and re-enters its in-transfer epoch,
  * so a strict unmap waits for a few accesses, not for the whole burst.
  */
-import type { DeviceModel, DeviceModelContext } from '../../src/device/device-model.js';
+import { acceptDescriptor, type DeviceModel, type DeviceModelContext } from '../../src/device/device-model.js';
 import { RunList, type DmaEngine } from '../../src/device/dma-engine.js';
 import { STAT } from '../../src/device/device-control.js';
 import { type CompletionEntry, type Descriptor, STATUS_FAULT, STATUS_INVALID, STATUS_OK } from '../../src/device/rings.js';
@@ -55,12 +55,7 @@ export class HostileDevice implements DeviceModel {
   process(d: Descriptor, c: CompletionEntry): void {
     const e = this.e;
     const k = e.counts;
-    c.id = d.id;
-    c.bytes = 0;
-    c.faultReason = 0;
-    c.faultAddr = 0;
-    c.faultWrite = false;
-    k[STAT.descriptors]++;
+    acceptDescriptor(d, c, k);
     if (d.len !== HOSTILE_BLOCK_SIZE || d.flags !== 0) {
       c.status = STATUS_INVALID;
       return;

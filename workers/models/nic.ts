@@ -13,7 +13,7 @@
  * meanwhile faults. Counters: bytesRead = bytes gathered, bytesWritten = bytes scattered, one
  * transfer per gather and per scatter; SG table fetches are not data.
  */
-import { DEFERRED, type DeviceModel, type DeviceModelContext } from '../../src/device/device-model.js';
+import { acceptDescriptor, DEFERRED, type DeviceModel, type DeviceModelContext } from '../../src/device/device-model.js';
 import { RunList, type DmaEngine } from '../../src/device/dma-engine.js';
 import { STAT } from '../../src/device/device-control.js';
 import {
@@ -76,13 +76,7 @@ export class NicModel implements DeviceModel {
 
   process(d: Descriptor, c: CompletionEntry): void | boolean {
     const k = this.e.counts;
-    c.id = d.id;
-    c.status = STATUS_OK;
-    c.bytes = 0;
-    c.faultReason = 0;
-    c.faultAddr = 0;
-    c.faultWrite = false;
-    k[STAT.descriptors]++;
+    acceptDescriptor(d, c, k);
     switch (d.flags) {
       case NIC_OP_TX:
         return this.transmit(d, c);

@@ -11,7 +11,7 @@
  * Counters: bytesRead/bytesWritten count data only (PRP list fetches, like descriptor fetches,
  * are not data, but their TLPs and IOTLB lookups count); one transfer per READ or WRITE.
  */
-import type { DeviceModel, DeviceModelContext } from '../../src/device/device-model.js';
+import { acceptDescriptor, type DeviceModel, type DeviceModelContext } from '../../src/device/device-model.js';
 import { RunList, type DmaEngine } from '../../src/device/dma-engine.js';
 import { STAT } from '../../src/device/device-control.js';
 import { type CompletionEntry, type Descriptor, STATUS_FAULT, STATUS_INVALID, STATUS_OK } from '../../src/device/rings.js';
@@ -62,12 +62,7 @@ export class NvmeController implements DeviceModel {
   process(d: Descriptor, c: CompletionEntry): void {
     const e = this.e;
     const k = e.counts;
-    c.id = d.id;
-    c.bytes = 0;
-    c.faultReason = 0;
-    c.faultAddr = 0;
-    c.faultWrite = false;
-    k[STAT.descriptors]++;
+    acceptDescriptor(d, c, k);
     const op = d.flags;
     if (op === NVME_CMD_FLUSH) return this.status(c, STATUS_OK, NVME_SC_SUCCESS);
     if (op !== NVME_CMD_READ && op !== NVME_CMD_WRITE) return this.status(c, STATUS_INVALID, NVME_SC_INVALID_OPCODE);
