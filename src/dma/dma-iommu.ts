@@ -121,8 +121,8 @@ export function iommuCheckRange(domain: Domain, page: number, npages: number, wh
 export function iommuClear(domain: Domain, page: number, npages: number, mode: InvalidationMode, who: string): void {
   const iova = (page * PAGE_SIZE) as Iova;
   const size = npages * PAGE_SIZE;
-  const first = domain.iovaToPhys(iova) !== null;
-  if (!first || domain.iovaToPhys((iova + size - PAGE_SIZE) as Iova) === null) {
+  const first = domain.pageMapped(page);
+  if (!first || !domain.pageMapped(page + npages - 1)) {
     throw new DmaError(
       'EINVAL',
       `dma: unmap of IOVA [${hex(iova)}, ${hex(iova + size)}) for device ${who} in ${domain.name}: ${first ? `${hex(iova + size - PAGE_SIZE)} is not mapped (wrong size?)` : 'nothing is mapped there (double unmap, or never mapped)'}`,

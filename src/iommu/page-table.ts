@@ -277,12 +277,27 @@ export class PageTable {
   unmap(iova: Iova, size: number): number {
     this.checkLive('unmap');
     this.checkRange('unmap', iova, size);
+    // Fast path (every DMA API unmap of up to 2 MiB that does not cross a 2 MiB line): the range
+    // lies in one L3 table reached through table entries only, so every leaf there is a 4 KiB page
+    // and none can stick out: one descent, no per-leaf walk from the root.
+    const first = iova / SZ_4K;
+    const n = size / SZ_4K;
+    if (first + n <= 0x80000000 && (first & 511) + n <= TABLE_ENTRIES) {
+      const t = this.l3TableOf(first);
+      if (t >= 0) return this.clearL3(t, first & 511, n);
+    }
     const end = iova + size;
     // Validate first: leaves are aligned to their size and never overlap, so only the leaves
     // holding the first and the last byte of the range can stick out of it.
     this.checkWhole(iova, size, iova);
     this.checkWhole(iova, size, end - 1);
     return this.clear(iova, end);
+  }
+
+  /** Whether IOVA page `page` (iova / 4 KiB) is mapped, by a page or a block: one integer walk. */
+  pageMapped(page: number): boolean {
+    this.checkLive('pageMapped');
+    return walkPage(this.entries, this.root, page) !== 0;
   }
 
   /** The PA `iova` translates to (offset within the page or block kept), or null. */
@@ -507,6 +522,35 @@ export class PageTable {
           `a block is unmapped whole (this emulator does not split blocks)`,
       );
     }
+  }
+
+  /**
+   * The L3 table holding IOVA page `page` (< 2^31) when every level above points to a table;
+   * -1 when a level holds a hole, a block or a frozen slot (the caller takes the general path).
+   */
+  private l3TableOf(page: number): number {
+    const e = this.entries;
+    let v = e[(this.root << 9) | (page >>> 27)];
+    if ((v & 3) !== PTE_VALID) return -1;
+    v = e[((v >>> 4) << 9) | ((page >>> 18) & 511)];
+    if ((v & 3) !== PTE_VALID) return -1;
+    v = e[((v >>> 4) << 9) | ((page >>> 9) & 511)];
+    if ((v & 3) !== PTE_VALID) return -1;
+    return v >>> PTE_ADDR_SHIFT;
+  }
+
+  /** clear() of entries [i, i + n) of L3 table `table`: the bytes of the 4 KiB leaves it cleared. */
+  private clearL3(table: number, i: number, n: number): number {
+    const e = this.entries;
+    const base = table << 9;
+    let bytes = 0;
+    for (let off = base + i, end = base + i + n; off < end; off++) {
+      const v = e[off];
+      // ORDERING: CAS leaf → 0, as clear(): one of two racing unmaps counts the page, and a slot
+      // re-mapped or frozen in between is not clobbered.
+      if ((v & 3) === 3 && Atomics.compareExchange(e, off, v, 0) === v) bytes += SZ_4K;
+    }
+    return bytes;
   }
 
   /**
