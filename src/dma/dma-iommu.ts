@@ -25,7 +25,8 @@ export function iovaRange(addr: number, len: number): { page: number; npages: nu
 
 /** iommu_dma_map_page: an IOVA below the mask for the pages of [pa, pa + len). */
 export function iommuMapRange(domain: Domain, dev: DmaDeviceInfo, pa: Pa, len: number, dir: DmaDirection): DmaAddr {
-  const off = pa % PAGE_SIZE;
+  // The low 12 bits by integer ops: `pa % PAGE_SIZE` on a PA above 2^31 is a float fmod.
+  const off = (pa >>> 0) & (PAGE_SIZE - 1);
   const npages = Math.ceil((off + len) / PAGE_SIZE);
   const page = allocIova(domain, dev, npages);
   try {
