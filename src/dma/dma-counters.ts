@@ -4,7 +4,8 @@
  *
  * Layout of its SharedArrayBuffer:
  *   Int32 [0 .. SLOTS)            owner word per slot: 0 free, else the owner's threadId + 1
- *   Float64 at byte SLOT_BYTES*(s+1), FIELDS entries per slot (a 128-byte line), written by the owner only
+ *                                 (SLOTS × 4 bytes, rounded up to whole SLOT_BYTES: OWNER_BYTES)
+ *   Float64 at byte OWNER_BYTES + SLOT_BYTES*s, FIELDS entries per slot (a 128-byte line), written by the owner only
  * Invariant: a slot's fields only grow while it is taken; a released slot keeps its counts, and
  * the next owner adds to them, so sums never go backwards.
  * Readers sum every slot; while threads are mapping a sum is a snapshot, exact when all are idle.
@@ -34,6 +35,8 @@ export type DmaCounterValues = Record<DmaCounterField, number>;
 
 const SLOTS = 64;
 const SLOT_BYTES = 128; // 16 float64: one slot never shares a cache line with another
+/** The owner words come first and never overlap slot 0's fields (they did from slot 32 on). */
+const OWNER_BYTES = Math.ceil((SLOTS * 4) / SLOT_BYTES) * SLOT_BYTES;
 /** Field indices, for add(): DMA_COUNTER.maps etc. */
 export const DMA_COUNTER = Object.fromEntries(DMA_COUNTER_FIELDS.map((k, i) => [k, i])) as Record<DmaCounterField, number>;
 
@@ -46,7 +49,7 @@ export class DmaCounters {
   private mine: Float64Array | null = null;
 
   static create(): DmaCounters {
-    return new DmaCounters({ sab: new SharedArrayBuffer(SLOT_BYTES * (SLOTS + 1)) });
+    return new DmaCounters({ sab: new SharedArrayBuffer(OWNER_BYTES + SLOT_BYTES * SLOTS) });
   }
 
   static attach(handle: DmaCountersHandle): DmaCounters {
@@ -56,7 +59,7 @@ export class DmaCounters {
   private constructor(handle: DmaCountersHandle) {
     this.handle = handle;
     this.owners = new Int32Array(handle.sab, 0, SLOTS);
-    this.all = new Float64Array(handle.sab, SLOT_BYTES);
+    this.all = new Float64Array(handle.sab, OWNER_BYTES);
   }
 
   /** Adds `n` to field `DMA_COUNTER[name]` in this thread's slot (claimed on first use). */
@@ -104,7 +107,7 @@ export class DmaCounters {
       // ORDERING: taking the slot happens-after the previous owner's release, so its counts are seen.
       if (Atomics.compareExchange(this.owners, s, 0, threadId + 1) === 0) {
         this.slot = s;
-        this.mine = new Float64Array(this.handle.sab, SLOT_BYTES * (s + 1), SLOT_BYTES / 8);
+        this.mine = new Float64Array(this.handle.sab, OWNER_BYTES + SLOT_BYTES * s, SLOT_BYTES / 8);
         return this.mine;
       }
     }
