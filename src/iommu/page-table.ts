@@ -250,11 +250,19 @@ export class PageTable {
     this.checkMapArgs(iova, pa, size, prot);
     const leafBits =
       PTE_VALID | PTE_LEAF | ((prot & IOMMU_READ) !== 0 ? PTE_READ : 0) | ((prot & IOMMU_WRITE) !== 0 ? PTE_WRITE : 0);
+    this.installedN = 0;
+    this.replacedN = 0;
+    // Fast path (every DMA API map below 2 MiB that does not cross a 2 MiB line): only 4 KiB
+    // pages fit, all in one L3 table: one descent, then the leaves side by side.
+    const first = iova / SZ_4K;
+    const n = size / SZ_4K;
+    if (n < TABLE_ENTRIES && first + n <= 0x80000000 && (first & 511) + n <= TABLE_ENTRIES) {
+      this.mapL3(iova, first, n, pa, leafBits);
+      return;
+    }
     let cur: number = iova;
     let phys: number = pa;
     let left = size;
-    this.installedN = 0;
-    this.replacedN = 0;
     try {
       while (left > 0) {
         const pgsize = this.pickPageSize(cur, phys, left);
@@ -388,6 +396,33 @@ export class PageTable {
         return;
       }
       this.thaw(child, level + 1); // defensive: the slot moved under a frozen subtree; retry
+    }
+  }
+
+  /** map() of n 4 KiB pages from IOVA page `first` (< 2^31), all in one L3 table; all or nothing. */
+  private mapL3(iova: number, first: number, n: number, pa: number, leafBits: number): void {
+    const e = this.entries;
+    let table = this.root;
+    let done = 0;
+    try {
+      for (let l = 0; l < 3; l++) {
+        const off = (table << 9) | (l === 0 ? first >>> 27 : l === 1 ? (first >>> 18) & 511 : (first >>> 9) & 511);
+        // Plain load, as installLeaf: a stale value only costs a failed CAS.
+        let v = e[off];
+        if (v === 0) v = this.installTable(off, iova, l);
+        if ((v & 3) !== PTE_VALID) throw this.overlapError(iova, SZ_4K, pa, v, l);
+        table = v >>> PTE_ADDR_SHIFT;
+      }
+      const base = (table << 9) | (first & 511);
+      const pfn = pa / SZ_4K;
+      for (; done < n; done++) {
+        // ORDERING: seq_cst CAS from empty publishes the leaf; mapping over a mapping fails.
+        const old = Atomics.compareExchange(e, base + done, 0, leafBits | ((pfn + done) << PTE_ADDR_SHIFT));
+        if (old !== 0) throw this.overlapError(iova + done * SZ_4K, SZ_4K, pa + done * SZ_4K, old, 3);
+      }
+    } catch (err) {
+      this.rollback(iova, iova + done * SZ_4K);
+      throw err;
     }
   }
 
