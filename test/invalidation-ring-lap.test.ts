@@ -2,12 +2,12 @@
  * Two writers sharing one slot of the 64-entry invalidation ring must not make the device accept
  * a torn entry and lose a strict invalidation for good (found in review).
  *
- * Invalidation.publish() does: reserve k; store seq 0; write fields; store seq k+1. Nothing stops
+ * Invalidation.publish() does: reserve k; write fields; store seq k+1. Nothing stops
  * writer W2 (sequence k+64, same slot) from writing its fields while W1 (sequence k) is preempted
  * before its seq store. Interleaving (each party in its own thread here):
- *   W1: reserve k=0, seq=0, fields(PAGE_W1) ......................... [preempted]
+ *   W1: reserve k=0, fields(PAGE_W1) ................................ [preempted]
  *   device: apply from lastTail 0: loads tail = 1 ...................... [preempted]
- *   63 other unmaps publish; W2: reserve 64 (slot 0), seq=0, fields(PAGE_W2) [preempted]
+ *   63 other unmaps publish; W2: reserve 64 (slot 0), fields(PAGE_W2) [preempted]
  *   W1: seq = 1                     (lands on W2's fields)
  *   device: seq 1 == k+1, fields = PAGE_W2, seq 1 again -> invalidates PAGE_W2; lastTail = 1
  *   W2: seq = 65                    (slot 0 is now a consistent entry 64)

@@ -23,6 +23,7 @@ import type { DmaDirection } from '../src/dma/direction.js';
 import type { DmaMapping } from '../src/dma/dma-api.js';
 import type { Pa } from '../src/addresses.js';
 import { summarize, type LatencySummary } from '../src/dma/latency.js';
+import { StartGate, type StartGateHandle } from '../src/dma/start-gate.js';
 import { WorkloadDriver, type WorkloadDriverSpec, type WorkloadResult } from '../src/scenario/workload.js';
 import { IO_STATUS_CODES } from '../src/scenario/io-model.js';
 
@@ -41,6 +42,8 @@ export interface MapBenchTask {
   batch: number;
   /** Pairs run first and not measured. */
   warmup: number;
+  /** Threads of one run start measuring together, after all have warmed up (none: at once). */
+  startGate?: StartGateHandle;
 }
 
 export interface MapBenchThreadResult {
@@ -58,7 +61,14 @@ export interface MapBenchThreadResult {
 }
 
 export function mapBench(t: MapBenchTask): MapBenchThreadResult {
-  const drv = attachDriver(t.driver);
+  const gate = t.startGate ? StartGate.attach(t.startGate) : null;
+  let drv: ReturnType<typeof attachDriver>;
+  try {
+    drv = attachDriver(t.driver);
+  } catch (e) {
+    gate?.arrive(); // nobody waits for a thread that cannot run
+    throw e;
+  }
   const size = t.granulePages * 4096;
   // dma_map_benchmark delays between each map and its unmap: with a delay, one pair per batch.
   const batch = t.delayNs > 0 ? 1 : t.batch;
@@ -90,6 +100,7 @@ export function mapBench(t: MapBenchTask): MapBenchThreadResult {
       }
     };
     for (let i = 0; i < t.warmup; i += batch) round(false);
+    gate?.arriveAndWait();
     const start = performance.now();
     const startedAt = performance.timeOrigin + start;
     while (done < t.iterations && performance.now() - start < t.durationMs) round(true);
@@ -106,6 +117,7 @@ export function mapBench(t: MapBenchTask): MapBenchThreadResult {
       pairsPerSecond: done / seconds,
     };
   } finally {
+    gate?.arrive(); // a thread that failed before measuring arrives too (no-op after arriveAndWait)
     for (const b of bufs) drv.dma.ram.free(b);
     drv.close();
   }

@@ -248,17 +248,28 @@ export class Device {
    * and fill() turn a failed completion into a DmaError). `arg` is the model's extra command
    * word (rings.ts; the nvme and nic drivers use it).
    */
-  async submit(src: number, dst: number, len: number, flags: number, arg = 0): Promise<Completion> {
-    this.checkDescriptor(src, dst, len, flags, arg);
-    if (this.failure) throw this.failure;
-    if (this.closed) throw new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
+  submit(src: number, dst: number, len: number, flags: number, arg = 0): Promise<Completion> {
+    try {
+      this.checkDescriptor(src, dst, len, flags, arg);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`));
+    if (this.pending.size >= this.queueDepth) return this.submitWhenSpace(src, dst, len, flags, arg);
+    // Not an async function: its promise would resolve with `done` two microtask hops later.
+    const done = new Promise<Completion>((resolve, reject) => this.post(src, dst, len, flags, arg, { resolve, reject }));
+    if (!this.pumping) void this.pump();
+    return done;
+  }
+
+  /** submit() on a full queue: waits for a free slot first. */
+  private async submitWhenSpace(src: number, dst: number, len: number, flags: number, arg: number): Promise<Completion> {
     while (this.pending.size >= this.queueDepth) {
       await new Promise<void>((r) => this.spaceWaiters.push(r));
       if (this.failure) throw this.failure;
     }
-    const done = new Promise<Completion>((resolve, reject) => this.post(src, dst, len, flags, arg, { resolve, reject }));
-    void this.pump();
-    return done;
+    return this.submit(src, dst, len, flags, arg);
   }
 
   /**

@@ -4,7 +4,8 @@
  *
  * Layout of its SharedArrayBuffer:
  *   Int32 [0 .. SLOTS)            owner word per slot: 0 free, else the owner's threadId + 1
- *   Float64 at byte SLOT_BYTES*(s+1), per slot (256 bytes, two cache lines), written by the owner only:
+ *                                 (SLOTS × 4 bytes, rounded up to whole SLOT_BYTES: OWNER_BYTES)
+ *   Float64 at byte OWNER_BYTES + SLOT_BYTES*s, per slot (256 bytes, two cache lines), written by the owner only:
  *     [0 .. FIELDS)               the counts
  *     [BASELINE .. +FIELDS)       the counts when the owner claimed the slot (what earlier owners
  *                                 left in it), stored by the claimer right after its compareExchange
@@ -39,6 +40,8 @@ const SLOTS = 64;
 const SLOT_BYTES = 256; // 32 float64: one slot never shares a cache line with another
 /** Float64 index in a slot of the baseline counts (see the layout). */
 const BASELINE = 16;
+/** The owner words come first and never overlap slot 0's fields. */
+const OWNER_BYTES = Math.ceil((SLOTS * 4) / SLOT_BYTES) * SLOT_BYTES;
 /** Field indices, for add(): DMA_COUNTER.maps etc. */
 export const DMA_COUNTER = Object.fromEntries(DMA_COUNTER_FIELDS.map((k, i) => [k, i])) as Record<DmaCounterField, number>;
 
@@ -51,7 +54,7 @@ export class DmaCounters {
   private mine: Float64Array | null = null;
 
   static create(): DmaCounters {
-    return new DmaCounters({ sab: new SharedArrayBuffer(SLOT_BYTES * (SLOTS + 1)) });
+    return new DmaCounters({ sab: new SharedArrayBuffer(OWNER_BYTES + SLOT_BYTES * SLOTS) });
   }
 
   static attach(handle: DmaCountersHandle): DmaCounters {
@@ -61,7 +64,7 @@ export class DmaCounters {
   private constructor(handle: DmaCountersHandle) {
     this.handle = handle;
     this.owners = new Int32Array(handle.sab, 0, SLOTS);
-    this.all = new Float64Array(handle.sab, SLOT_BYTES);
+    this.all = new Float64Array(handle.sab, OWNER_BYTES);
   }
 
   /** Adds `n` to field `DMA_COUNTER[name]` in this thread's slot (claimed on first use). */
@@ -112,7 +115,7 @@ export class DmaCounters {
       // ORDERING: taking the slot happens-after the previous owner's release, so its counts are seen.
       if (Atomics.compareExchange(this.owners, s, 0, threadId + 1) === 0) {
         this.slot = s;
-        this.mine = new Float64Array(this.handle.sab, SLOT_BYTES * (s + 1), SLOT_BYTES / 8);
+        this.mine = new Float64Array(this.handle.sab, OWNER_BYTES + SLOT_BYTES * s, SLOT_BYTES / 8);
         this.mine.copyWithin(BASELINE, 0, DMA_COUNTER_FIELDS.length); // what earlier owners left
         return this.mine;
       }

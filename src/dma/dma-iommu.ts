@@ -25,7 +25,8 @@ export function iovaRange(addr: number, len: number): { page: number; npages: nu
 
 /** iommu_dma_map_page: an IOVA below the mask for the pages of [pa, pa + len). */
 export function iommuMapRange(domain: Domain, dev: DmaDeviceInfo, pa: Pa, len: number, dir: DmaDirection): DmaAddr {
-  const off = pa % PAGE_SIZE;
+  // The low 12 bits by integer ops: `pa % PAGE_SIZE` on a PA above 2^31 is a float fmod.
+  const off = (pa >>> 0) & (PAGE_SIZE - 1);
   const npages = Math.ceil((off + len) / PAGE_SIZE);
   const page = allocIova(domain, dev, npages);
   try {
@@ -131,8 +132,8 @@ export function iommuCheckRange(domain: Domain, page: number, npages: number, wh
 export function iommuClear(domain: Domain, page: number, npages: number, mode: InvalidationMode, who: string): void {
   const iova = (page * PAGE_SIZE) as Iova;
   const size = npages * PAGE_SIZE;
-  const first = domain.iovaToPhys(iova) !== null;
-  if (!first || domain.iovaToPhys((iova + size - PAGE_SIZE) as Iova) === null) {
+  const first = domain.pageMapped(page);
+  if (!first || !domain.pageMapped(page + npages - 1)) {
     throw new DmaError(
       'EINVAL',
       `dma: unmap of IOVA [${hex(iova)}, ${hex(iova + size)}) for device ${who} in ${domain.name}: ${first ? `${hex(iova + size - PAGE_SIZE)} is not mapped (wrong size?)` : 'nothing is mapped there (double unmap, or never mapped)'}`,

@@ -8,6 +8,7 @@ import { DmaError } from '../errors.js';
 import { DMA_DIRECTIONS, type DmaDirection } from './direction.js';
 import { DriverPool, type MapBenchThreadResult } from './driver-pool.js';
 import type { DriverHandle } from './driver-handle.js';
+import { StartGate } from './start-gate.js';
 
 export interface MapBenchmarkOptions {
   /** BDF of the device to map for. */
@@ -71,7 +72,10 @@ export async function mapBenchmark(machine: { driverHandle(): DriverHandle }, op
   const driver = machine.driverHandle();
   const pool = o.pool ?? new DriverPool({ threads: o.threads });
   try {
-    const task = { driver, bdf: o.device, granulePages: o.granulePages, dir: o.dir, durationMs: o.durationMs, iterations: o.iterations, delayNs: o.delayNs, batch: o.batch, warmup: o.warmup };
+    // All threads warm up, then start measuring together: otherwise the wall time from the first
+    // start covers the others' dispatch and warm-up (tens of ms on a busy machine) as if they mapped.
+    const startGate = StartGate.create(o.threads).handle;
+    const task = { driver, bdf: o.device, granulePages: o.granulePages, dir: o.dir, durationMs: o.durationMs, iterations: o.iterations, delayNs: o.delayNs, batch: o.batch, warmup: o.warmup, startGate };
     const threads = await Promise.all(Array.from({ length: o.threads }, () => pool.run('mapBench', task)));
     const mean = (f: (t: MapBenchThreadResult) => number): number => threads.reduce((a, t) => a + f(t), 0) / threads.length;
     return {

@@ -229,6 +229,12 @@ export class Domain {
     return this.pt.iovaToPhys(iova);
   }
 
+  /** Whether IOVA page `page` is mapped (a cheaper iovaToPhys(page * 4 KiB) !== null). */
+  pageMapped(page: number): boolean {
+    if (this.type === 'identity') return true;
+    return this.pt !== null && this.pt.pageMapped(page);
+  }
+
   /** Device slots attached to this domain. */
   attachedSlots(): number[] {
     return this.s.domains.attached(this.id);

@@ -31,6 +31,7 @@ export interface InvalidationHandle {
 export const INVALIDATION_RING = 64;
 const HEADER = 4;
 const BLOCK = HEADER + INVALIDATION_RING * 4;
+if ((INVALIDATION_RING & (INVALIDATION_RING - 1)) !== 0) throw new Error('INVALIDATION_RING must be a power of two');
 const GEN = 0;
 const TAIL = 1;
 const LAZY_FLAG = 1 << 30;
@@ -65,12 +66,14 @@ export class Invalidation {
     // ORDERING: reserving after the PTE clears means a device that sees this tail and flushes
     // (or applies the entry) walks tables that no longer hold the old entries.
     const k = Atomics.add(w, b + TAIL, 1);
-    const e = b + HEADER + ((k >>> 0) % INVALIDATION_RING) * 4;
-    const hi = Math.floor(page / 2 ** 32);
-    // A writer a full ring ahead may share this slot and even publish its seq over our fields;
-    // the device detects that by re-reading tail (apply()), so plain field stores suffice.
-    Atomics.store(w, e, 0);
-    w[e + 1] = page - hi * 2 ** 32;
+    const e = b + HEADER + (k & (INVALIDATION_RING - 1)) * 4;
+    const hi = page > 0xffffffff ? Math.floor(page / 2 ** 32) : 0;
+    // No seq = 0 before the fields: a device reads a slot's fields only for the entry whose seq it
+    // finds there, and if a writer a full ring ahead (this one, for the slot's older entry) has
+    // reserved the slot meanwhile, even publishing its seq over our fields, the device's re-read
+    // of tail after the fields shows the lap (apply()) and it flushes everything. So plain field
+    // stores suffice, and the one seq store below publishes them.
+    w[e + 1] = hi === 0 ? page | 0 : page - hi * 2 ** 32;
     w[e + 2] = hi;
     w[e + 3] = (npages > NPAGES_MASK ? 0 : npages) | (lazy ? LAZY_FLAG : 0);
     // ORDERING: publishes the fields above to a device's seq load.

@@ -58,7 +58,9 @@
  *   [11] RESERVED_PAGES pages reserve() took (page 0 not included)
  *   [16 ...]         slots, 16 words each: [0] OWNER (0 = free, else the owner's threadId + 1), [1] NET pages handed out minus
  *                    pages freed through this slot, [2..8) LOADED magazine per order,
- *                    [8..14) PREV magazine per order (a magazine is named by its word index)
+ *                    [8..14) PREV magazine per order (a magazine is named by its word index),
+ *                    [14] SLOT_HINT: where this slot's shared-space search for cached sizes starts
+ *                    (below; slot i of n starts at aperture × (1 − i/n))
  *   then             depot, per order: [0] count, [1..DEPOT_MAX] magazines (Linux's depot[])
  *   then             pool: N_MAGS words, a stack of empty magazines (POOL_TOP of them)
  *   then             magazines, N_MAGS × (1 + MAG_SIZE) words: [0] size, [1..size] first pages
@@ -75,7 +77,7 @@
  *   NET, LOADED, PREV and the magazines they name: the slot's owner only (plain stores). Others
  *     only read them, under the mutex, when flushing: reads of Int32 elements never tear, and a
  *     stale view only makes a flusher miss or skip entries, since every claim is a compareExchange.
- *   Depot, pool, bitmap, HINT, SPACE_COUNT, magazines while in the depot or the pool: with the
+ *   Depot, pool, bitmap, HINT, SLOT_HINT, SPACE_COUNT, magazines while in the depot or the pool: with the
  *     mutex held (PageBitmap keeps SPACE_COUNT with Atomics.add for lock-free readers).
  *   RESERVED_PAGES: reserve(), mutex held, with Atomics.add (read lock-free by cachedPages()).
  *   HELD_PAGES, SLOT_GEN: Atomics.add from any thread.
@@ -95,7 +97,12 @@
  * compareExchange; free into it is one compareExchange plus plain stores. No JS object is
  * allocated on either path.
  *
- * Where we differ from Linux: one 32-bit aperture (no fallback above 4 GiB); magazines carry
+ * Where we differ from Linux: one 32-bit aperture (no fallback above 4 GiB); a cached-size range
+ * that a slot takes from the shared space comes first from below that slot's own search start
+ * (SLOT_HINT: slot i of n starts at aperture × (1 − i/n), then moves down to its last range),
+ * and only when nothing fits there, or that start is not below the limit, from the highest free
+ * range below the limit — so two threads' IOVAs, their state bytes and their PTEs do not share
+ * cache lines (Linux's rbtree has one cached node for all CPUs); magazines carry
  * first pages and the size class carries the size; the magazine store is fixed (a pool instead of
  * kmalloc); "CPUs" are claimed slots; the depot is bounded (the older MAX_GLOBAL_MAGS, no timed
  * trimming); a flush may leave stale entries in other threads' magazines (dropped on use);
@@ -152,6 +159,7 @@ const OWNER = 0;
 const NET = 1;
 const LOADED = 2;
 const PREV = 2 + IOVA_RCACHE_ORDERS;
+const SLOT_HINT = PREV + IOVA_RCACHE_ORDERS;
 // State bytes.
 const RESERVED = 1;
 const LARGE = 2;
@@ -230,6 +238,7 @@ export class IovaAllocator {
     w[N_MAGS] = nmags;
     let next = 0;
     for (let i = 0; i < slots; i++) {
+      w[HEADER + i * SLOT_STRIDE + SLOT_HINT] = aperturePages - Math.floor((i * aperturePages) / slots);
       for (let k = 0; k < IOVA_RCACHE_ORDERS; k++) {
         w[HEADER + i * SLOT_STRIDE + LOADED + k] = L.mags + next++ * L.magStride;
         w[HEADER + i * SLOT_STRIDE + PREV + k] = L.mags + next++ * L.magStride;
@@ -623,7 +632,7 @@ export class IovaAllocator {
           }
         }
       }
-      if (p < 0) p = this.spaceAllocOrFlush(npages, n, Math.floor(limit), HELD | k, who);
+      if (p < 0) p = this.spaceAllocOrFlush(npages, n, Math.floor(limit), HELD | k, who, sb);
       // ORDERING: NET is ours (plain); HELD_PAGES is shared by slot-less threads (atomic add).
       if (sb >= 0) w[sb + NET] += n;
       else Atomics.add(w, HELD_PAGES, n);
@@ -715,13 +724,13 @@ export class IovaAllocator {
   }
 
   /** alloc_iova with the retry of alloc_iova_fast: on no room, flush every cache and search again. */
-  private spaceAllocOrFlush(npages: number, size: number, limit: number, code: number, who: string): number {
+  private spaceAllocOrFlush(npages: number, size: number, limit: number, code: number, who: string, sb = -1): number {
     let align = 1;
     while (align < size) align *= 2;
-    let p = this.spaceAlloc(size, align, limit);
+    let p = this.spaceAlloc(size, align, limit, sb);
     if (p < 0) {
       this.flushLocked();
-      p = this.spaceAlloc(size, align, limit);
+      p = this.spaceAlloc(size, align, limit, sb);
     }
     if (p < 0) {
       throw new DmaError(
@@ -735,8 +744,22 @@ export class IovaAllocator {
     return p;
   }
 
-  private spaceAlloc(size: number, align: number, limit: number): number {
+  private spaceAlloc(size: number, align: number, limit: number, sb = -1): number {
     const w = this.w;
+    if (sb >= 0) {
+      // A slot's own stripe first, when it lies below the limit (slot 0's starts at the top: the
+      // shared search below). Threads then fill different cache lines of the state bytes and the
+      // page table's leaves instead of interleaving page by page.
+      const top = w[sb + SLOT_HINT];
+      if (top < limit) {
+        const p = this.search(top, size, align);
+        if (p >= 0) {
+          this.bits.setRange(p, size, true);
+          w[sb + SLOT_HINT] = p;
+          return p;
+        }
+      }
+    }
     const hint = w[HINT];
     let p = this.search(Math.min(limit, hint), size, align);
     if (p < 0 && hint < limit) p = this.search(limit, size, align);

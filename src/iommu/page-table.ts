@@ -252,11 +252,19 @@ export class PageTable {
     this.checkMapArgs(iova, pa, size, prot);
     const leafBits =
       PTE_VALID | PTE_LEAF | ((prot & IOMMU_READ) !== 0 ? PTE_READ : 0) | ((prot & IOMMU_WRITE) !== 0 ? PTE_WRITE : 0);
+    this.installedN = 0;
+    this.replacedN = 0;
+    // Fast path (every DMA API map below 2 MiB that does not cross a 2 MiB line): only 4 KiB
+    // pages fit, all in one L3 table: one descent, then the leaves side by side.
+    const first = iova / SZ_4K;
+    const n = size / SZ_4K;
+    if (n < TABLE_ENTRIES && first + n <= 0x80000000 && (first & 511) + n <= TABLE_ENTRIES) {
+      this.mapL3(iova, first, n, pa, leafBits);
+      return;
+    }
     let cur: number = iova;
     let phys: number = pa;
     let left = size;
-    this.installedN = 0;
-    this.replacedN = 0;
     try {
       while (left > 0) {
         const pgsize = this.pickPageSize(cur, phys, left);
@@ -320,12 +328,27 @@ export class PageTable {
   unmap(iova: Iova, size: number): number {
     this.checkLive('unmap');
     this.checkRange('unmap', iova, size);
+    // Fast path (every DMA API unmap of up to 2 MiB that does not cross a 2 MiB line): the range
+    // lies in one L3 table reached through table entries only, so every leaf there is a 4 KiB page
+    // and none can stick out: one descent, no per-leaf walk from the root.
+    const first = iova / SZ_4K;
+    const n = size / SZ_4K;
+    if (first + n <= 0x80000000 && (first & 511) + n <= TABLE_ENTRIES) {
+      const t = this.l3TableOf(first);
+      if (t >= 0) return this.clearL3(t, first & 511, n);
+    }
     const end = iova + size;
     // Validate first: leaves are aligned to their size and never overlap, so only the leaves
     // holding the first and the last byte of the range can stick out of it.
     this.checkWhole(iova, size, iova);
     this.checkWhole(iova, size, end - 1);
     return this.clear(iova, end);
+  }
+
+  /** Whether IOVA page `page` (iova / 4 KiB) is mapped, by a page or a block: one integer walk. */
+  pageMapped(page: number): boolean {
+    this.checkLive('pageMapped');
+    return walkPage(this.entries, this.root, page) !== 0;
   }
 
   /** The PA `iova` translates to (offset within the page or block kept), or null. */
@@ -416,6 +439,33 @@ export class PageTable {
         return;
       }
       this.thaw(child, level + 1); // defensive: the slot moved under a frozen subtree; retry
+    }
+  }
+
+  /** map() of n 4 KiB pages from IOVA page `first` (< 2^31), all in one L3 table; all or nothing. */
+  private mapL3(iova: number, first: number, n: number, pa: number, leafBits: number): void {
+    const e = this.entries;
+    let table = this.root;
+    let done = 0;
+    try {
+      for (let l = 0; l < 3; l++) {
+        const off = (table << 9) | (l === 0 ? first >>> 27 : l === 1 ? (first >>> 18) & 511 : (first >>> 9) & 511);
+        // Plain load, as installLeaf: a stale value only costs a failed CAS.
+        let v = e[off];
+        if (v === 0) v = this.installTable(off, iova, l);
+        if ((v & 3) !== PTE_VALID) throw this.overlapError(iova, SZ_4K, pa, v, l);
+        table = v >>> PTE_ADDR_SHIFT;
+      }
+      const base = (table << 9) | (first & 511);
+      const pfn = pa / SZ_4K;
+      for (; done < n; done++) {
+        // ORDERING: seq_cst CAS from empty publishes the leaf; mapping over a mapping fails.
+        const old = Atomics.compareExchange(e, base + done, 0, leafBits | ((pfn + done) << PTE_ADDR_SHIFT));
+        if (old !== 0) throw this.overlapError(iova + done * SZ_4K, SZ_4K, pa + done * SZ_4K, old, 3);
+      }
+    } catch (err) {
+      this.rollback(iova, iova + done * SZ_4K);
+      throw err;
     }
   }
 
@@ -556,6 +606,35 @@ export class PageTable {
           `a block is unmapped whole (this emulator does not split blocks)`,
       );
     }
+  }
+
+  /**
+   * The L3 table holding IOVA page `page` (< 2^31) when every level above points to a table;
+   * -1 when a level holds a hole, a block or a frozen slot (the caller takes the general path).
+   */
+  private l3TableOf(page: number): number {
+    const e = this.entries;
+    let v = e[(this.root << 9) | (page >>> 27)];
+    if ((v & 3) !== PTE_VALID) return -1;
+    v = e[((v >>> 4) << 9) | ((page >>> 18) & 511)];
+    if ((v & 3) !== PTE_VALID) return -1;
+    v = e[((v >>> 4) << 9) | ((page >>> 9) & 511)];
+    if ((v & 3) !== PTE_VALID) return -1;
+    return v >>> PTE_ADDR_SHIFT;
+  }
+
+  /** clear() of entries [i, i + n) of L3 table `table`: the bytes of the 4 KiB leaves it cleared. */
+  private clearL3(table: number, i: number, n: number): number {
+    const e = this.entries;
+    const base = table << 9;
+    let bytes = 0;
+    for (let off = base + i, end = base + i + n; off < end; off++) {
+      const v = e[off];
+      // ORDERING: CAS leaf → 0, as clear(): one of two racing unmaps counts the page, and a slot
+      // re-mapped or frozen in between is not clobbered.
+      if ((v & 3) === 3 && Atomics.compareExchange(e, off, v, 0) === v) bytes += SZ_4K;
+    }
+    return bytes;
   }
 
   /**
