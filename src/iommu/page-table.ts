@@ -464,7 +464,7 @@ export class PageTable {
         if (old !== 0) throw this.overlapError(iova + done * SZ_4K, SZ_4K, pa + done * SZ_4K, old, 3);
       }
     } catch (err) {
-      this.rollback(iova, iova + done * SZ_4K);
+      this.rollback([iova, iova + done * SZ_4K]);
       throw err;
     }
   }
