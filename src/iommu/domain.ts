@@ -27,6 +27,8 @@ export interface DomainHandle {
   readonly pt: PageTableHandle | null;
   readonly iova: IovaAllocatorHandle;
   readonly fq: FlushQueueHandle;
+  /** Every IOVA mapped in this domain comes from `iova` (see DomainOptions.iovaManaged). */
+  readonly iovaManaged?: boolean;
 }
 
 export interface DomainOptions {
@@ -36,6 +38,14 @@ export interface DomainOptions {
   flushQueueSize?: number;
   /** Pages of IOVA space its allocator hands out, [0, aperturePages) (geometry.aperture_end + 1). */
   aperturePages?: number;
+  /**
+   * Every map of this domain takes its IOVA from the domain's allocator and holds it until the
+   * unmap is done (the DMA API's default domains: Linux's IOMMU_DOMAIN_DMA with its iova cookie).
+   * Only then may a map that runs out of page-table pages take back the empty tables of spans
+   * the allocator holds nothing in. Default false (VFIO's and other callers' domains, which map
+   * IOVAs of their own choosing, like IOMMU_DOMAIN_UNMANAGED).
+   */
+  iovaManaged?: boolean;
 }
 
 /** Per-thread views of an IOMMU's shared structures, built once per handle. */
@@ -93,6 +103,7 @@ export class Domain {
   readonly pt: PageTable | null;
   readonly iova: IovaAllocator;
   readonly fq: FlushQueue;
+  readonly iovaManaged: boolean;
   private readonly s: Shared;
 
   /** Creates a domain in the IOMMU described by `iommu` (normally through Iommu.createDomain). */
@@ -117,6 +128,7 @@ export class Domain {
       pt: pt ? { ...pt.handle, name } : null,
       iova: IovaAllocator.create(options.aperturePages).handle,
       fq: FlushQueue.create(options.flushQueueSize).handle,
+      iovaManaged: options.iovaManaged === true,
     });
   }
 
@@ -133,6 +145,7 @@ export class Domain {
     this.pt = handle.pt ? PageTable.attach(this.s.pool, handle.pt) : null;
     this.iova = IovaAllocator.attach(handle.iova);
     this.fq = FlushQueue.attach(handle.fq);
+    this.iovaManaged = handle.iovaManaged === true;
   }
 
   private table(op: string): PageTable {
@@ -199,9 +212,32 @@ export class Domain {
       this.invalidate(Math.floor(iova / PAGE_SIZE), Math.ceil(size / PAGE_SIZE));
     }
     const ownRetired = enomem ? (this.pt?.retiredByLastRollback ?? 0) : 0;
+    if (enomem) this.detachEmptyTables();
     const reclaimed = this.s.pool.retiredCount() > 0 ? reclaimRetiredTables(this.s) : 0;
     // Worth a retry only when tables came back beyond the ones this map itself had installed.
     return enomem && reclaimed > ownRetired;
+  }
+
+  /**
+   * Unlinks and retires the page-table pages of this domain that map nothing in spans whose IOVAs
+   * nobody holds (PageTable.detachEmptyTables): each span is taken in the IOVA allocator for the
+   * moment of the unlink, after the per-thread caches were flushed so cached-but-free IOVAs count
+   * as free. Only for an iovaManaged domain (elsewhere 0: nothing proves no one maps there). The
+   * tables reach the pool at the next reclaim of retired tables (as a failed map does: map() calls
+   * this when it runs out of tables). Returns how many were retired.
+   */
+  detachEmptyTables(): number {
+    if (!this.iovaManaged || !this.pt) return 0;
+    const iova = this.iova;
+    iova.flushCaches();
+    return this.pt.detachEmptyTables((at, size, detach) =>
+      iova.whileUnallocated(Math.floor(at / PAGE_SIZE), size / PAGE_SIZE, detach),
+    );
+  }
+
+  /** Gives retired page-table pages back to the pool after a grace period; returns how many. */
+  reclaimRetiredTables(): number {
+    return this.s.pool.retiredCount() > 0 ? reclaimRetiredTables(this.s) : 0;
   }
 
   /** iommu_unmap, strict: returns the bytes cleared once no attached device can use them. */

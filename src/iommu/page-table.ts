@@ -351,6 +351,40 @@ export class PageTable {
     this.each(this.root, 0, 0, cb);
   }
 
+  /**
+   * Gives back the tables of spans nothing is mapped in (as VT-d's dma_pte_free_pagetable): every
+   * level-3 table, and then every level-2 table, that is entirely empty is unlinked and retired,
+   * provided `claim(iova, size, detach)` runs detach() — it must do so only while no thread can
+   * map anywhere in the table's span [iova, iova + size), e.g. with the span taken in the domain's
+   * IOVA allocator — and returns its result. Retired tables go back to the pool only after a
+   * grace period (TablePool.reclaimRetired's caller's). Returns how many tables were retired.
+   */
+  detachEmptyTables(claim: (iova: number, size: number, detach: () => boolean) => boolean): number {
+    this.checkLive('detachEmptyTables');
+    const e = this.entries;
+    let n = 0;
+    for (let i0 = 0; i0 < TABLE_ENTRIES; i0++) {
+      const v0 = e[(this.root << 9) | i0];
+      if ((v0 & 3) !== PTE_VALID) continue;
+      const t1 = v0 >>> PTE_ADDR_SHIFT;
+      for (let i1 = 0; i1 < TABLE_ENTRIES; i1++) {
+        const off1 = (t1 << 9) | i1;
+        const v1 = e[off1];
+        if ((v1 & 3) !== PTE_VALID) continue;
+        const t2 = v1 >>> PTE_ADDR_SHIFT;
+        const base1 = i0 * SPAN[0] + i1 * SPAN[1];
+        for (let i2 = 0; i2 < TABLE_ENTRIES; i2++) {
+          const off2 = (t2 << 9) | i2;
+          const v2 = e[off2];
+          if ((v2 & 3) !== PTE_VALID || !this.isEmpty(v2 >>> PTE_ADDR_SHIFT)) continue;
+          if (claim(base1 + i2 * SZ_2M, SZ_2M, () => this.detachIfEmpty(off2, v2))) n++;
+        }
+        if (this.isEmpty(t2) && claim(base1, SZ_1G, () => this.detachIfEmpty(off1, v1))) n++;
+      }
+    }
+    return n;
+  }
+
   /** Frees every table of this page table back to the pool. No thread may use it afterwards. */
   destroy(): void {
     this.checkLive('destroy');
@@ -477,11 +511,22 @@ export class PageTable {
     this.replacedN = 0;
   }
 
-  /** Unlinks a table this thread installed if it is still empty, and retires it. */
-  private detachIfEmpty(parentOff: number, ptr: number): void {
+  /** Whether every entry of `table` is 0 (plain loads: a snapshot). */
+  private isEmpty(table: number): boolean {
+    const e = this.entries;
+    const base = table << 9;
+    for (let i = 0; i < TABLE_ENTRIES; i++) if (e[base + i] !== 0) return false;
+    return true;
+  }
+
+  /**
+   * Unlinks the table `ptr` points to from the slot at parentOff if it is still empty, and retires
+   * it. Returns whether it did.
+   */
+  private detachIfEmpty(parentOff: number, ptr: number): boolean {
     const e = this.entries;
     const base = (ptr >>> PTE_ADDR_SHIFT) << 9;
-    for (let i = 0; i < TABLE_ENTRIES; i++) if (e[base + i] !== 0) return; // in use by others
+    for (let i = 0; i < TABLE_ENTRIES; i++) if (e[base + i] !== 0) return false; // in use by others
     let frozen = 0;
     // ORDERING: CAS 0 → FROZEN on every slot, so no concurrent mapper can install into the table
     // after we unlink it.
@@ -489,9 +534,10 @@ export class PageTable {
     // ORDERING: seq_cst CAS table → 0 unlinks it; walkers that still hold it read FROZEN (absent).
     if (frozen === TABLE_ENTRIES && Atomics.compareExchange(e, parentOff, ptr, 0) === ptr) {
       this.pool.retire(ptr >>> PTE_ADDR_SHIFT);
-      return;
+      return true;
     }
     for (let i = 0; i < frozen; i++) Atomics.compareExchange(e, base + i, FROZEN, 0); // ORDERING: thaw
+    return false;
   }
 
   /**
