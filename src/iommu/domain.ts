@@ -7,6 +7,18 @@
  * returns only when no attached device can still use the old translation (device-epoch.ts).
  * unmapLazy() is the flush-queue path of dma-iommu (iommu.strict=0): PTEs cleared, IOTLBs told
  * to treat the entries as stale, no waiting; flushIotlbAll() ends the window.
+ *
+ * Page-table pages come back: a map that runs out of them ('ENOMEM') first retires, in an
+ * iovaManaged domain (the DMA API's: every mapped IOVA comes from `iova` and stays held until its
+ * unmap is done), every empty L3/L2 table of a span in which the allocator holds nothing
+ * (detachEmptyTables: caches flushed, then per span IovaAllocator.whileUnallocated keeps the span
+ * unallocatable while PageTable freezes, unlinks and retires the table), then gives every retired
+ * table back after a grace period (reclaimRetiredTables: a flush-all of every DMA domain with
+ * devices, waited for as a strict unmap), then retries once. ORDERING: the unlink (seq_cst CAS)
+ * happens before the flush is published, and a device that observed the flush re-walks from the
+ * root, so after the wait no walker holds a freed table; mappers cannot hold one either, since a
+ * mapper walks only the spans of IOVAs it holds. Domains not iovaManaged (VFIO's) only reclaim
+ * what is already retired: nothing proves no one maps into an empty table there.
  */
 import { DmaError } from '../errors.js';
 import { type Iova, type Pa, PAGE_SIZE } from '../addresses.js';

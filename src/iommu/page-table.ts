@@ -30,7 +30,13 @@
  *   - unmap checks that the leaves holding its first and last byte lie inside the range (leaves are
  *     aligned and disjoint, so no other leaf can stick out), then clears each leaf with CAS leaf → 0
  *     (a concurrent double unmap counts the bytes once, and a slot re-mapped or frozen in between
- *     is not clobbered). Tables are not freed on unmap.
+ *     is not clobbered). Tables are not freed on unmap (as io-pgtable-arm); see detachEmptyTables.
+   - detachEmptyTables (VT-d's dma_pte_free_pagetable, run when the pool is spent): an L3 table,
+     then an L2 table, whose entries are all 0 is unlinked — only inside the caller's claim of
+     the table's whole IOVA span (Domain: the span taken in the IOVA allocator, so no mapper or
+     unmapper can be in it) — by: seq_cst load of the parent slot (still this table?), freeze of
+     every slot (CAS 0 → FROZEN; any failure thaws and skips), CAS table → 0 on the parent, then
+     retire (a device walker may still be inside: the pool frees it after the grace period).
  *   - A failed map swaps back the subtrees its blocks replaced, clears the leaves it installed,
  *     then detaches the tables it installed that are still empty (freeze flat, CAS table → 0,
  *     retire: another thread may already have walked into them).
@@ -39,7 +45,8 @@
  *
  * Invariants: L0 entries are tables or empty; L3 entries are 4 KiB leaves, empty or FROZEN; a
  * table pointer changes only to a block (its subtree frozen and leafless) and back (rollback), or
- * to 0 (rollback of the map that installed it, frozen and empty); tables reachable from the root
+ * to 0 (rollback of the map that installed it, or detachEmptyTables: frozen and empty, never while
+ * a leaf is below it); tables reachable from the root
  * are IN_USE in the pool and tables unlinked from it are retired, so countTables() + retired ==
  * pool.inUse() for a pool holding one page table; a failed map leaves inUse() − retiredCount()
  * where it was.
@@ -51,7 +58,8 @@
  *
  * Differs from Linux: unmapping part of a 2 MiB/1 GiB block is EINVAL (io-pgtable-arm splits the
  * block); tables a block replaces are retired, not freed at once, and a failed map also unlinks
- * the tables it created (iommu_map's rollback only unmaps).
+ * the tables it created (iommu_map's rollback only unmaps); empty tables are given back on demand
+ * (detachEmptyTables), not on every unmap as VT-d's domain_unmap does.
  */
 import { threadId } from 'node:worker_threads';
 import type { Iova, Pa } from '../addresses.js';
@@ -377,9 +385,9 @@ export class PageTable {
           const off2 = (t2 << 9) | i2;
           const v2 = e[off2];
           if ((v2 & 3) !== PTE_VALID || !this.isEmpty(v2 >>> PTE_ADDR_SHIFT)) continue;
-          if (claim(base1 + i2 * SZ_2M, SZ_2M, () => this.detachIfEmpty(off2, v2))) n++;
+          if (claim(base1 + i2 * SZ_2M, SZ_2M, () => this.detachIfStill(off2, v2))) n++;
         }
-        if (this.isEmpty(t2) && claim(base1, SZ_1G, () => this.detachIfEmpty(off1, v1))) n++;
+        if (this.isEmpty(t2) && claim(base1, SZ_1G, () => this.detachIfStill(off1, v1))) n++;
       }
     }
     return n;
@@ -509,6 +517,18 @@ export class PageTable {
     const r = this.replaced;
     for (let i = 0; i < this.replacedN; i += 4) this.retireTree(r[i + 1] >>> PTE_ADDR_SHIFT, r[i + 3] + 1);
     this.replacedN = 0;
+  }
+
+  /**
+   * detachIfEmpty for a pointer read before the span was claimed: only if the slot still holds it.
+   * ORDERING: the seq_cst load re-validates the snapshot under the claim. Our plain read may be
+   * stale by a whole detach, grace period and reuse of the table elsewhere (the grace period
+   * waits for devices, not for us); freezing a reused table would fail its new owner's map. Once
+   * the claim is held nobody can detach or install in this span, so the slot cannot change
+   * between this load and detachIfEmpty's CAS except to a leaf-free state we then see.
+   */
+  private detachIfStill(parentOff: number, ptr: number): boolean {
+    return Atomics.load(this.entries, parentOff) === ptr && this.detachIfEmpty(parentOff, ptr);
   }
 
   /** Whether every entry of `table` is 0 (plain loads: a snapshot). */
