@@ -5,7 +5,8 @@
  */
 import type { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
-import { iova, pa } from '../src/addresses.js';
+import { iova, pa, MiB } from '../src/addresses.js';
+import { Machine } from '../src/index.js';
 import { Iommu } from '../src/iommu/iommu.js';
 import type { Domain } from '../src/iommu/domain.js';
 import { IOMMU_READ, IOMMU_WRITE, SZ_1G, SZ_2M, SZ_4K } from '../src/iommu/page-table.js';
@@ -104,6 +105,31 @@ describe('a DMA-API domain whose table pool is spent on empty tables', () => {
     expect(d.detachEmptyTables()).toBe(0);
     expect(d.pt!.countTables()).toBe(6);
     expect(iommu.pool.inUse()).toBe(6);
+  });
+});
+
+describe('which domains reclaim empty tables', () => {
+  it('a device\'s default DMA domain does (the DMA API maps only IOVAs it allocated), a VFIO container\'s does not', async () => {
+    const acs = { cap: ['SV', 'RR', 'CR', 'UF'], ctl: ['SV', 'RR', 'CR', 'UF'] };
+    const topology = {
+      functions: [
+        { bdf: '00:00.0', type: 'host-bridge' },
+        { bdf: '00:01.0', type: 'root-port', secondary: 1, acs, driver: 'pcieport' },
+        { bdf: '01:00.0', type: 'endpoint', driver: 'vfio-pci' },
+      ],
+    };
+    const m = await Machine.create({ ram: [{ base: 0, size: 8 * MiB }], topology });
+    try {
+      const dev = await m.addDevice({ bdf: '01:00.0' });
+      expect(m.iommu.domainOf(dev)!.iovaManaged).toBe(true);
+      const c = m.vfio.openContainer();
+      m.vfio.group('01:00.0').setContainer(c);
+      c.setIommu('type1v2');
+      expect(c.domain!.iovaManaged).toBe(false);
+      expect(c.domain!.detachEmptyTables()).toBe(0);
+    } finally {
+      await m.close();
+    }
   });
 });
 
