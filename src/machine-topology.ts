@@ -377,8 +377,8 @@ export class MachinePci {
   // ---- domains ------------------------------------------------------------------------------
 
   /** Creates a domain the machine owns (counted in stats, destroyed with destroyDomain). */
-  createDomain(type: 'dma' | 'blocked'): Domain {
-    const d = this.unit.createDomain(type, { flushQueueSize: this.flushQueueSize, aperturePages: this.aperturePages });
+  createDomain(type: 'dma' | 'blocked', iovaManaged = false): Domain {
+    const d = this.unit.createDomain(type, { flushQueueSize: this.flushQueueSize, aperturePages: this.aperturePages, iovaManaged });
     this.owned.add(d);
     return d;
   }
@@ -388,7 +388,7 @@ export class MachinePci {
    * (iommu_dma_init_domain). All or nothing: a failed reservation destroys the domain again.
    */
   private createDefaultDomain(): Domain {
-    const d = this.createDomain('dma');
+    const d = this.createDomain('dma', true); // the DMA API maps only IOVAs its allocator gave
     try {
       for (const r of this.reservedIova()) {
         const first = Math.floor(r.start / PAGE_SIZE);

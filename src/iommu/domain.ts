@@ -7,6 +7,18 @@
  * returns only when no attached device can still use the old translation (device-epoch.ts).
  * unmapLazy() is the flush-queue path of dma-iommu (iommu.strict=0): PTEs cleared, IOTLBs told
  * to treat the entries as stale, no waiting; flushIotlbAll() ends the window.
+ *
+ * Page-table pages come back: a map that runs out of them ('ENOMEM') first retires, in an
+ * iovaManaged domain (the DMA API's: every mapped IOVA comes from `iova` and stays held until its
+ * unmap is done), every empty L3/L2 table of a span in which the allocator holds nothing
+ * (detachEmptyTables: caches flushed, then per span IovaAllocator.whileUnallocated keeps the span
+ * unallocatable while PageTable freezes, unlinks and retires the table), then gives every retired
+ * table back after a grace period (reclaimRetiredTables: a flush-all of every DMA domain with
+ * devices, waited for as a strict unmap), then retries once. ORDERING: the unlink (seq_cst CAS)
+ * happens before the flush is published, and a device that observed the flush re-walks from the
+ * root, so after the wait no walker holds a freed table; mappers cannot hold one either, since a
+ * mapper walks only the spans of IOVAs it holds. Domains not iovaManaged (VFIO's) only reclaim
+ * what is already retired: nothing proves no one maps into an empty table there.
  */
 import { DmaError } from '../errors.js';
 import { type Iova, type Pa, PAGE_SIZE } from '../addresses.js';
@@ -27,6 +39,8 @@ export interface DomainHandle {
   readonly pt: PageTableHandle | null;
   readonly iova: IovaAllocatorHandle;
   readonly fq: FlushQueueHandle;
+  /** Every IOVA mapped in this domain comes from `iova` (see DomainOptions.iovaManaged). */
+  readonly iovaManaged?: boolean;
 }
 
 export interface DomainOptions {
@@ -36,6 +50,14 @@ export interface DomainOptions {
   flushQueueSize?: number;
   /** Pages of IOVA space its allocator hands out, [0, aperturePages) (geometry.aperture_end + 1). */
   aperturePages?: number;
+  /**
+   * Every map of this domain takes its IOVA from the domain's allocator and holds it until the
+   * unmap is done (the DMA API's default domains: Linux's IOMMU_DOMAIN_DMA with its iova cookie).
+   * Only then may a map that runs out of page-table pages take back the empty tables of spans
+   * the allocator holds nothing in. Default false (VFIO's and other callers' domains, which map
+   * IOVAs of their own choosing, like IOMMU_DOMAIN_UNMANAGED).
+   */
+  iovaManaged?: boolean;
 }
 
 /** Per-thread views of an IOMMU's shared structures, built once per handle. */
@@ -93,6 +115,7 @@ export class Domain {
   readonly pt: PageTable | null;
   readonly iova: IovaAllocator;
   readonly fq: FlushQueue;
+  readonly iovaManaged: boolean;
   private readonly s: Shared;
 
   /** Creates a domain in the IOMMU described by `iommu` (normally through Iommu.createDomain). */
@@ -117,6 +140,7 @@ export class Domain {
       pt: pt ? { ...pt.handle, name } : null,
       iova: IovaAllocator.create(options.aperturePages).handle,
       fq: FlushQueue.create(options.flushQueueSize).handle,
+      iovaManaged: options.iovaManaged === true,
     });
   }
 
@@ -133,6 +157,7 @@ export class Domain {
     this.pt = handle.pt ? PageTable.attach(this.s.pool, handle.pt) : null;
     this.iova = IovaAllocator.attach(handle.iova);
     this.fq = FlushQueue.attach(handle.fq);
+    this.iovaManaged = handle.iovaManaged === true;
   }
 
   private table(op: string): PageTable {
@@ -199,9 +224,32 @@ export class Domain {
       this.invalidate(Math.floor(iova / PAGE_SIZE), Math.ceil(size / PAGE_SIZE));
     }
     const ownRetired = enomem ? (this.pt?.retiredByLastRollback ?? 0) : 0;
+    if (enomem) this.detachEmptyTables();
     const reclaimed = this.s.pool.retiredCount() > 0 ? reclaimRetiredTables(this.s) : 0;
     // Worth a retry only when tables came back beyond the ones this map itself had installed.
     return enomem && reclaimed > ownRetired;
+  }
+
+  /**
+   * Unlinks and retires the page-table pages of this domain that map nothing in spans whose IOVAs
+   * nobody holds (PageTable.detachEmptyTables): each span is taken in the IOVA allocator for the
+   * moment of the unlink, after the per-thread caches were flushed so cached-but-free IOVAs count
+   * as free. Only for an iovaManaged domain (elsewhere 0: nothing proves no one maps there). The
+   * tables reach the pool at the next reclaim of retired tables (as a failed map does: map() calls
+   * this when it runs out of tables). Returns how many were retired.
+   */
+  detachEmptyTables(): number {
+    if (!this.iovaManaged || !this.pt) return 0;
+    const iova = this.iova;
+    iova.flushCaches();
+    return this.pt.detachEmptyTables((at, size, detach) =>
+      iova.whileUnallocated(Math.floor(at / PAGE_SIZE), size / PAGE_SIZE, detach),
+    );
+  }
+
+  /** Gives retired page-table pages back to the pool after a grace period; returns how many. */
+  reclaimRetiredTables(): number {
+    return this.s.pool.retiredCount() > 0 ? reclaimRetiredTables(this.s) : 0;
   }
 
   /** iommu_unmap, strict: returns the bytes cleared once no attached device can use them. */

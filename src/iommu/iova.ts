@@ -448,9 +448,30 @@ export class IovaAllocator {
     });
   }
 
+  /**
+   * Runs `fn` only while nobody holds or can be handed an IOVA in [page, page + npages): with the
+   * mutex held, after checking that no page of the range inside the aperture is allocated other
+   * than reserved ones (pages beyond the aperture are never handed out). Returns fn's result, or
+   * false (fn not run) when some page is held or cached. Call flushCaches() first if cached ranges
+   * should count as free. For taking a span away from every mapper for a moment (the page table's
+   * empty-table reclaim), like a reserve_iova that is given back; fn must not call the allocator.
+   */
+  whileUnallocated(page: number, npages: number, fn: () => boolean): boolean {
+    const lo = Math.max(0, page);
+    const hi = Math.min(page + npages, this.aperturePages);
+    // ORDERING: a bitmap bit goes 0 → 1 only under the mutex (spaceAlloc, reserve) and a cached
+    // range keeps its bit set, so with the mutex held and every bit of the range clear (or
+    // RESERVED) no thread can obtain an IOVA there until unlock, not even from its own magazine.
+    return this.mutex.with(() => (lo < hi && this.unreservedIn(lo, hi) >= 0 ? false : fn()));
+  }
+
   /** The first page of [lo, hi) that is allocated but not reserved (mutex held), or -1. */
   private unreservedIn(lo: number, hi: number): number {
     for (let q = lo; q < hi; q++) {
+      if ((q & 31) === 0 && this.bits.word(q) === 0) {
+        q += 31; // a whole free word
+        continue;
+      }
       if (this.bits.has(q) && Atomics.load(this.state, q) !== RESERVED) return q;
     }
     return -1;

@@ -30,7 +30,13 @@
  *   - unmap checks that the leaves holding its first and last byte lie inside the range (leaves are
  *     aligned and disjoint, so no other leaf can stick out), then clears each leaf with CAS leaf → 0
  *     (a concurrent double unmap counts the bytes once, and a slot re-mapped or frozen in between
- *     is not clobbered). Tables are not freed on unmap.
+ *     is not clobbered). Tables are not freed on unmap (as io-pgtable-arm); see detachEmptyTables.
+   - detachEmptyTables (VT-d's dma_pte_free_pagetable, run when the pool is spent): an L3 table,
+     then an L2 table, whose entries are all 0 is unlinked — only inside the caller's claim of
+     the table's whole IOVA span (Domain: the span taken in the IOVA allocator, so no mapper or
+     unmapper can be in it) — by: seq_cst load of the parent slot (still this table?), freeze of
+     every slot (CAS 0 → FROZEN; any failure thaws and skips), CAS table → 0 on the parent, then
+     retire (a device walker may still be inside: the pool frees it after the grace period).
  *   - A failed map swaps back the subtrees its blocks replaced, clears the leaves it installed,
  *     then detaches the tables it installed that are still empty (freeze flat, CAS table → 0,
  *     retire: another thread may already have walked into them).
@@ -39,7 +45,8 @@
  *
  * Invariants: L0 entries are tables or empty; L3 entries are 4 KiB leaves, empty or FROZEN; a
  * table pointer changes only to a block (its subtree frozen and leafless) and back (rollback), or
- * to 0 (rollback of the map that installed it, frozen and empty); tables reachable from the root
+ * to 0 (rollback of the map that installed it, or detachEmptyTables: frozen and empty, never while
+ * a leaf is below it); tables reachable from the root
  * are IN_USE in the pool and tables unlinked from it are retired, so countTables() + retired ==
  * pool.inUse() for a pool holding one page table; a failed map leaves inUse() − retiredCount()
  * where it was.
@@ -51,7 +58,8 @@
  *
  * Differs from Linux: unmapping part of a 2 MiB/1 GiB block is EINVAL (io-pgtable-arm splits the
  * block); tables a block replaces are retired, not freed at once, and a failed map also unlinks
- * the tables it created (iommu_map's rollback only unmaps).
+ * the tables it created (iommu_map's rollback only unmaps); empty tables are given back on demand
+ * (detachEmptyTables), not on every unmap as VT-d's domain_unmap does.
  */
 import { threadId } from 'node:worker_threads';
 import type { Iova, Pa } from '../addresses.js';
@@ -374,6 +382,40 @@ export class PageTable {
     this.each(this.root, 0, 0, cb);
   }
 
+  /**
+   * Gives back the tables of spans nothing is mapped in (as VT-d's dma_pte_free_pagetable): every
+   * level-3 table, and then every level-2 table, that is entirely empty is unlinked and retired,
+   * provided `claim(iova, size, detach)` runs detach() — it must do so only while no thread can
+   * map anywhere in the table's span [iova, iova + size), e.g. with the span taken in the domain's
+   * IOVA allocator — and returns its result. Retired tables go back to the pool only after a
+   * grace period (TablePool.reclaimRetired's caller's). Returns how many tables were retired.
+   */
+  detachEmptyTables(claim: (iova: number, size: number, detach: () => boolean) => boolean): number {
+    this.checkLive('detachEmptyTables');
+    const e = this.entries;
+    let n = 0;
+    for (let i0 = 0; i0 < TABLE_ENTRIES; i0++) {
+      const v0 = e[(this.root << 9) | i0];
+      if ((v0 & 3) !== PTE_VALID) continue;
+      const t1 = v0 >>> PTE_ADDR_SHIFT;
+      for (let i1 = 0; i1 < TABLE_ENTRIES; i1++) {
+        const off1 = (t1 << 9) | i1;
+        const v1 = e[off1];
+        if ((v1 & 3) !== PTE_VALID) continue;
+        const t2 = v1 >>> PTE_ADDR_SHIFT;
+        const base1 = i0 * SPAN[0] + i1 * SPAN[1];
+        for (let i2 = 0; i2 < TABLE_ENTRIES; i2++) {
+          const off2 = (t2 << 9) | i2;
+          const v2 = e[off2];
+          if ((v2 & 3) !== PTE_VALID || !this.isEmpty(v2 >>> PTE_ADDR_SHIFT)) continue;
+          if (claim(base1 + i2 * SZ_2M, SZ_2M, () => this.detachIfStill(off2, v2))) n++;
+        }
+        if (this.isEmpty(t2) && claim(base1, SZ_1G, () => this.detachIfStill(off1, v1))) n++;
+      }
+    }
+    return n;
+  }
+
   /** Frees every table of this page table back to the pool. No thread may use it afterwards. */
   destroy(): void {
     this.checkLive('destroy');
@@ -527,11 +569,34 @@ export class PageTable {
     this.replacedN = 0;
   }
 
-  /** Unlinks a table this thread installed if it is still empty, and retires it. */
-  private detachIfEmpty(parentOff: number, ptr: number): void {
+  /**
+   * detachIfEmpty for a pointer read before the span was claimed: only if the slot still holds it.
+   * ORDERING: the seq_cst load re-validates the snapshot under the claim. Our plain read may be
+   * stale by a whole detach, grace period and reuse of the table elsewhere (the grace period
+   * waits for devices, not for us); freezing a reused table would fail its new owner's map. Once
+   * the claim is held nobody can detach or install in this span, so the slot cannot change
+   * between this load and detachIfEmpty's CAS except to a leaf-free state we then see.
+   */
+  private detachIfStill(parentOff: number, ptr: number): boolean {
+    return Atomics.load(this.entries, parentOff) === ptr && this.detachIfEmpty(parentOff, ptr);
+  }
+
+  /** Whether every entry of `table` is 0 (plain loads: a snapshot). */
+  private isEmpty(table: number): boolean {
+    const e = this.entries;
+    const base = table << 9;
+    for (let i = 0; i < TABLE_ENTRIES; i++) if (e[base + i] !== 0) return false;
+    return true;
+  }
+
+  /**
+   * Unlinks the table `ptr` points to from the slot at parentOff if it is still empty, and retires
+   * it. Returns whether it did.
+   */
+  private detachIfEmpty(parentOff: number, ptr: number): boolean {
     const e = this.entries;
     const base = (ptr >>> PTE_ADDR_SHIFT) << 9;
-    for (let i = 0; i < TABLE_ENTRIES; i++) if (e[base + i] !== 0) return; // in use by others
+    for (let i = 0; i < TABLE_ENTRIES; i++) if (e[base + i] !== 0) return false; // in use by others
     let frozen = 0;
     // ORDERING: CAS 0 → FROZEN on every slot, so no concurrent mapper can install into the table
     // after we unlink it.
@@ -539,9 +604,10 @@ export class PageTable {
     // ORDERING: seq_cst CAS table → 0 unlinks it; walkers that still hold it read FROZEN (absent).
     if (frozen === TABLE_ENTRIES && Atomics.compareExchange(e, parentOff, ptr, 0) === ptr) {
       this.pool.retire(ptr >>> PTE_ADDR_SHIFT);
-      return;
+      return true;
     }
     for (let i = 0; i < frozen; i++) Atomics.compareExchange(e, base + i, FROZEN, 0); // ORDERING: thaw
+    return false;
   }
 
   /**
