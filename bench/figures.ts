@@ -5,16 +5,19 @@ export interface Figure {
   id: string;
   value: number;
   unit: string;
-  goal: { op: '>=' | '<='; value: number };
+  /** null: reported for information (no goal, no verdict). */
+  goal: { op: '>=' | '<='; value: number } | null;
   note?: string;
 }
 
 export interface FigureResult extends Figure {
-  met: boolean;
+  /** null when the figure has no goal. */
+  met: boolean | null;
 }
 
 export function judge(f: Figure): FigureResult {
-  return { ...f, met: f.goal.op === '>=' ? f.value >= f.goal.value : f.value <= f.goal.value };
+  const g = f.goal;
+  return { ...f, met: g === null ? null : g.op === '>=' ? f.value >= g.value : f.value <= g.value };
 }
 
 export interface MachineInfo {
@@ -50,7 +53,7 @@ export function formatValue(v: number): string {
 export function formatFigures(results: FigureResult[]): string {
   const rows = [
     ['figure', 'value', 'goal', 'met', 'note'],
-    ...results.map((r) => [r.id, `${formatValue(r.value)} ${r.unit}`, `${r.goal.op} ${r.goal.value} ${r.unit}`, r.met ? 'met' : 'NOT MET', r.note ?? '']),
+    ...results.map((r) => [r.id, `${formatValue(r.value)} ${r.unit}`, r.goal === null ? '—' : `${r.goal.op} ${r.goal.value} ${r.unit}`, r.met === null ? 'info' : r.met ? 'met' : 'NOT MET', r.note ?? '']),
   ];
   const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
   return rows.map((r) => r.map((x, c) => x.padEnd(w[c])).join('  ').trimEnd()).join('\n');

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { formatValue } from './figures.js';
+import { verdictOf } from './report.js';
 import type { BenchResult } from './run.js';
 
 export const CHROMIUM = '/usr/bin/chromium';
@@ -91,7 +92,7 @@ export function checkReportDom(dom: string, r: BenchResult): string[] {
     const shown = /data-cell="value"[^>]*>([^<]*)</.exec(row[1])?.[1];
     if (shown !== formatValue(f.value)) problems.push(`figure ${f.id}: printed ${shown} ≠ ${formatValue(f.value)}`);
     const verdict = /class="verdict"[^>]*>([^<]*)</.exec(row[1])?.[1];
-    if (verdict !== (f.met ? 'met' : 'not met')) problems.push(`figure ${f.id}: verdict ${verdict}`);
+    if (verdict !== verdictOf(f)) problems.push(`figure ${f.id}: verdict ${verdict}`);
   });
 
   // Charts: one laid-out SVG per series with exactly its points, bars and marks.

@@ -151,11 +151,16 @@ function chart(s: Series): string {
   return `<section class="chart"><h3>${escapeHtml(s.title)}</h3>${s.kind === 'lines' ? lineChart(s) : barChart(s)}${s.note ? `<p class="note">${escapeHtml(s.note)}</p>` : ''}</section>`;
 }
 
+/** What the report prints in a figure's "met" column. */
+export function verdictOf(f: FigureResult): string {
+  return f.met === null ? 'for information' : f.met ? 'met' : 'not met';
+}
+
 function figureRow(f: FigureResult): string {
   return (
-    `<tr data-figure-id="${escapeHtml(f.id)}" data-value="${f.value}" data-met="${f.met}" class="${f.met ? 'met' : 'notmet'}">` +
+    `<tr data-figure-id="${escapeHtml(f.id)}" data-value="${f.value}" data-met="${f.met}" class="${f.met === null ? 'info' : f.met ? 'met' : 'notmet'}">` +
     `<td><code>${escapeHtml(f.id)}</code></td><td class="num" data-cell="value">${escapeHtml(formatValue(f.value))}</td><td>${escapeHtml(f.unit)}</td>` +
-    `<td class="num">${escapeHtml(`${f.goal.op === '>=' ? '≥' : '≤'} ${f.goal.value}`)}</td><td class="verdict">${f.met ? 'met' : 'not met'}</td>` +
+    `<td class="num">${escapeHtml(f.goal === null ? '—' : `${f.goal.op === '>=' ? '≥' : '≤'} ${f.goal.value}`)}</td><td class="verdict">${verdictOf(f)}</td>` +
     `<td class="note">${escapeHtml(f.note ?? '')}</td></tr>`
   );
 }
@@ -198,7 +203,8 @@ const SCRIPT = `for(const s of document.querySelectorAll('svg[data-chart]')){s.s
 
 /** The report as one HTML document. */
 export function renderReport(r: BenchResult): string {
-  const met = r.figures.filter((f) => f.met).length;
+  const met = r.figures.filter((f) => f.met === true).length;
+  const judged = r.figures.filter((f) => f.met !== null).length;
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>dmaemu bench report</title><style>${CSS}</style></head>
@@ -207,7 +213,7 @@ export function renderReport(r: BenchResult): string {
 <h2>Machine</h2>
 ${machineTable(r.machine)}
 <h2>Figures</h2>
-<p class="summary" data-summary-met="${met}" data-summary-total="${r.figures.length}">${met} of ${r.figures.length} figures meet their goal.</p>
+<p class="summary" data-summary-met="${met}" data-summary-total="${judged}">${met} of ${judged} figures with a goal meet it.</p>
 <table class="figures"><thead><tr><th>figure</th><th>value</th><th>unit</th><th>goal</th><th>met</th><th>note</th></tr></thead>
 <tbody>${r.figures.map(figureRow).join('\n')}</tbody></table>
 <h2>Charts</h2>

@@ -41,6 +41,7 @@ describe('a run\'s result', () => {
     expect(r.figures.map((x: { id: string; met: boolean }) => [x.id, x.met])).toEqual(f.figures.map((x) => [x.id, x.met]));
     expect(r.figures.find((x: { id: string }) => x.id === 'iotlb-hit-ns').met).toBe(false); // 5.32 ns > 5 ns
     expect(r.figures.find((x: { id: string }) => x.id === 'walk-ns').met).toBe(true); // 11.99 ns ≤ 12 ns
+    expect(r.figures.find((x: { id: string }) => x.id === 'bounce-breakeven-bytes')).toMatchObject({ goal: null, met: null }); // information only
     expect(r.series).toEqual(f.series);
   });
 
@@ -68,5 +69,6 @@ describe('a run\'s result', () => {
     expect(lines[0]).toMatch(/^figure\s+value\s+goal\s+met\s+note$/);
     expect(lines.find((l) => l.startsWith('iotlb-hit-ns'))).toMatch(/^iotlb-hit-ns\s+5\.32 ns\s+<= 5 ns\s+NOT MET$/);
     expect(lines.find((l) => l.startsWith('walk-ns'))).toMatch(/^walk-ns\s+12\.0 ns\s+<= 12 ns\s+met$/);
+    expect(lines.find((l) => l.startsWith('bounce-breakeven-bytes'))).toMatch(/^bounce-breakeven-bytes\s+1\.20e\+5 B\s+—\s+info\s+reported for information$/);
   });
 });

@@ -18,7 +18,7 @@ export function fixedBenchResult(): BenchResult {
       fig('dma-2dev-scaling', 1.9012345678901234, '×1 device', '>=', 1.85),
       fig('doorbell-sleep-us', 20.39, 'µs', '<=', 15),
       fig('doorbell-poll-us', 0.000123456, 'µs', '<=', 1),
-      fig('bounce-breakeven-bytes', 120444, 'B', '>=', 0),
+      { id: 'bounce-breakeven-bytes', value: 120444, unit: 'B', goal: null, note: 'reported for information' },
     ].map(judge),
     series: [
       {

@@ -41,10 +41,11 @@ export function registerBenchCommand(program: Command): void {
         process.stdout.write(JSON.stringify(result, null, 2) + '\n');
       } else {
         const m = result.machine;
-        const met = result.figures.filter((f) => f.met).length;
+        const met = result.figures.filter((f) => f.met === true).length;
+        const judged = result.figures.filter((f) => f.met !== null).length;
         process.stdout.write(
           `dmaemu bench — ${m.cpu}, ${m.cores} cores, Node ${m.node}, load average ${m.loadAverage} at start\n\n${formatFigures(result.figures)}\n\n` +
-            `${met} of ${result.figures.length} figures meet their goal; ${seconds.toFixed(0)} s${o.report ? `; report written to ${o.report}` : ''}\n`,
+            `${met} of ${judged} figures with a goal meet it; ${seconds.toFixed(0)} s${o.report ? `; report written to ${o.report}` : ''}\n`,
         );
       }
     });

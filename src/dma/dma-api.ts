@@ -161,6 +161,16 @@ export class DmaApi {
     this.traceRings = options.trace ?? null;
     const writer = this.traceRings?.writer('driver') ?? null;
     this.trace = writer ? new DmaTrace(writer, this.swiotlb) : null;
+    if (this.trace === null) {
+      // Tracing off: the public entry points are the untraced bodies themselves, so the hooks
+      // cost nothing at all (not even a null check or a call level V8 may decline to inline).
+      this.mapSingle = this.doMapSingle;
+      this.unmapSingle = this.doUnmapSingle;
+      this.mapSg = this.doMapSg;
+      this.unmapSg = this.doUnmapSg;
+      this.allocCoherent = this.doAllocCoherent;
+      this.freeCoherent = this.doFreeCoherent;
+    }
   }
 
   get handle(): DmaApiHandle {
