@@ -42,7 +42,9 @@ Promise.all([import(${JSON.stringify(invModule)}), import(${JSON.stringify(iotlb
     inv.publish(0, wd.page, 1, false);
     realStore(sig, wd.role === 'W1' ? 2 : 8, 1);
   } else {
-    Atomics.load = (a, i) => { const r = realLoad(a, i); if (a === words && i === 1) { Atomics.load = realLoad; pause(3, 4); } return r; };
+    // R pauses after loading tail, R2 after loading the seq of slot 0 (the entry's first word).
+    const at = wd.role === 'R' ? 1 : 4;
+    Atomics.load = (a, i) => { const r = realLoad(a, i); if (a === words && i === at) { Atomics.load = realLoad; pause(3, 4); } return r; };
     const t = inv.apply(0, 0, Iotlb.attach(wd.iotlb));
     realStore(sig, 9, t);
     realStore(sig, 5, 1);
@@ -87,5 +89,46 @@ describe('invalidation ring slot shared by writers k and k+64', () => {
     expect(Atomics.load(sig, 9)).toBe(65);
     expect(iotlb.find(PAGE_W1)).toBe(-1);
     expect(iotlb.find(PAGE_W2)).toBe(-1);
+  });
+
+  // 0b0c19a dropped publish()'s "seq = 0" before the fields: a writer a ring ahead now overwrites
+  // a slot's fields while the slot still shows the older entry's seq. The device must not apply
+  // that mix as the older entry (it would invalidate the newer entry's page and keep the older
+  // one's cached after its strict unmap returned).
+  //   main: publish entry 0 (PAGE_W1, seq 1)
+  //   device: apply from 0: tail = 1, seq of slot 0 = 1 ............... [preempted]
+  //   63 unmaps publish; W2: reserve 64 (slot 0), fields(PAGE_W2) ..... [preempted before seq]
+  //   device: fields = PAGE_W2, seq still 1 -> must see the lap (tail 65) and flush everything
+  it('never applies a slot being overwritten by a writer a ring ahead as the older entry', async () => {
+    const inv = Invalidation.create(1);
+    const iotlb = Iotlb.create(1024);
+    const PAGE_W1 = 0x100;
+    const PAGE_W2 = 0x200;
+    iotlb.insert(PAGE_W1, 0, 3);
+    iotlb.insert(PAGE_W2, 4096, 3);
+    const sig = new Int32Array(new SharedArrayBuffer(64));
+    const spawn = (role: string, page = 0) =>
+      new Worker(partySource, { eval: true, workerData: { role, page, sig: sig.buffer, inv: inv.handle, iotlb: iotlb.handle } });
+    const go = (i: number) => {
+      Atomics.store(sig, i, 1);
+      Atomics.notify(sig, i);
+    };
+    const ws: Worker[] = [];
+    try {
+      inv.publish(0, PAGE_W1, 1, false); // entry 0, complete
+      ws.push(spawn('R2'));
+      await until(() => Atomics.load(sig, 3) === 1); // the device read entry 0's seq (1)
+      for (let p = 1; p < 64; p++) inv.publish(0, 0x1000 + p, 1, false);
+      ws.push(spawn('W2', PAGE_W2));
+      await until(() => Atomics.load(sig, 6) === 1); // W2 (sequence 64, slot 0) wrote its fields
+      go(4);
+      await until(() => Atomics.load(sig, 5) === 1); // the device finished apply()
+      go(7);
+      await until(() => Atomics.load(sig, 8) === 1);
+    } finally {
+      await Promise.all(ws.map((w) => w.terminate()));
+    }
+    expect(Atomics.load(sig, 9)).toBe(65); // it saw the lap and caught up to the tail
+    expect(iotlb.find(PAGE_W1)).toBe(-1); // entry 0's page is not left cached
   });
 });

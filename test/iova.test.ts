@@ -196,11 +196,11 @@ describe('IOVA allocator', () => {
   });
 
   type Op =
-    | { kind: 'alloc'; n: number; limit: number }
-    | { kind: 'free'; pick: number }
+    | { kind: 'alloc'; n: number; limit: number; t?: number }
+    | { kind: 'free'; pick: number; t?: number }
     | { kind: 'double'; pick: number }
     | { kind: 'wrong'; pick: number }
-    | { kind: 'burst'; n: number; count: number }
+    | { kind: 'burst'; n: number; count: number; t?: number }
     | { kind: 'flush' };
 
   /** Can the model place a `size`-page range aligned to `align` ending at or below `limit`? */
@@ -216,15 +216,18 @@ describe('IOVA allocator', () => {
     return false;
   }
 
-  function runModel(aperture: number, opts: IovaAllocatorOptions, ops: Op[]): void {
+  /** `threads` attachments of one allocator (each claims its own slot, so its own stripe); op.t picks one. */
+  function runModel(aperture: number, opts: IovaAllocatorOptions, ops: Op[], threads = 1): void {
     const a = IovaAllocator.create(aperture, opts);
+    const insts = [a, ...Array.from({ length: threads - 1 }, () => IovaAllocator.attach(a.handle))];
+    const pick = (t: number | undefined) => insts[(t ?? 0) % insts.length];
     const live = new Map<number, number>(); // first page → pages reserved
     const freed: Array<[number, number]> = [];
     const inUse = () => [...live.values()].reduce((s, n) => s + n, 0);
-    const doAlloc = (n: number, limit: number) => {
+    const doAlloc = (n: number, limit: number, t?: number) => {
       const size = rounded(n);
       try {
-        const p = a.alloc(n, limit);
+        const p = pick(t).alloc(n, limit);
         expect(p).toBeGreaterThanOrEqual(1);
         expect(p + size).toBeLessThanOrEqual(Math.min(limit, aperture));
         for (const [q, m] of live) expect(p + size <= q || q + m <= p).toBe(true);
@@ -235,28 +238,28 @@ describe('IOVA allocator', () => {
         expect(modelFits(live, aperture, size, limit)).toBe(false);
       }
     };
-    const doFree = (p: number) => {
+    const doFree = (p: number, t?: number) => {
       const n = live.get(p)!;
       live.delete(p);
-      a.free(p, n);
+      pick(t).free(p, n);
       freed.push([p, n]);
     };
     for (const o of ops) {
       const keys = [...live.keys()];
-      if (o.kind === 'alloc') doAlloc(o.n, o.limit);
+      if (o.kind === 'alloc') doAlloc(o.n, o.limit, o.t);
       else if (o.kind === 'burst') {
         const got: number[] = [];
         for (let i = 0; i < o.count; i++) {
           const before = live.size;
-          doAlloc(o.n, aperture);
+          doAlloc(o.n, aperture, o.t);
           if (live.size > before) got.push([...live.keys()].pop()!);
         }
-        for (const p of got) doFree(p);
+        for (const p of got) doFree(p, o.t);
       } else if (o.kind === 'flush') {
         a.flushCaches();
         expect(a.cachedPages()).toBe(0);
       } else if (o.kind === 'free' && keys.length > 0) {
-        doFree(keys[o.pick % keys.length]);
+        doFree(keys[o.pick % keys.length], o.t);
       } else if (o.kind === 'double' && freed.length > 0) {
         const [p, n] = freed[o.pick % freed.length];
         if (!live.has(p)) {
@@ -278,6 +281,7 @@ describe('IOVA allocator', () => {
     a.flushCaches();
     expect(a.pagesInUse()).toBe(0);
     expect(a.cachedPages()).toBe(0);
+    for (const i of insts) i.release();
   }
 
   const ops = (aperture: number) =>
@@ -288,14 +292,20 @@ describe('IOVA allocator', () => {
           arbitrary: fc.record({
             kind: fc.constant('alloc' as const),
             n: fc.oneof(fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: 64 })),
-            // limits near the top meet the cached ranges (allocation is top-down)
-            limit: fc.oneof(fc.integer({ min: aperture - 40, max: aperture }), fc.integer({ min: 16, max: aperture + 64 })),
+            // limits near the top meet the cached ranges (allocation is top-down); small limits
+            // lie below the stripes of most slots (masks smaller than the stripes)
+            limit: fc.oneof(
+              fc.integer({ min: Math.max(1, aperture - 40), max: aperture }),
+              fc.integer({ min: 16, max: aperture + 64 }),
+              fc.integer({ min: 1, max: Math.max(2, aperture >> 2) }),
+            ),
+            t: fc.nat(),
           }),
         },
-        { weight: 5, arbitrary: fc.record({ kind: fc.constant('free' as const), pick: fc.nat() }) },
+        { weight: 5, arbitrary: fc.record({ kind: fc.constant('free' as const), pick: fc.nat(), t: fc.nat() }) },
         { weight: 1, arbitrary: fc.record({ kind: fc.constant('double' as const), pick: fc.nat() }) },
         { weight: 1, arbitrary: fc.record({ kind: fc.constant('wrong' as const), pick: fc.nat() }) },
-        { weight: 1, arbitrary: fc.record({ kind: fc.constant('burst' as const), n: fc.constantFrom(1, 2, 3, 8, 32), count: fc.integer({ min: 1, max: 40 }) }) },
+        { weight: 1, arbitrary: fc.record({ kind: fc.constant('burst' as const), n: fc.constantFrom(1, 2, 3, 8, 32), count: fc.integer({ min: 1, max: 40 }), t: fc.nat() }) },
         { weight: 1, arbitrary: fc.constant({ kind: 'flush' as const }) },
       ),
       { maxLength: 80 },
@@ -312,6 +322,25 @@ describe('IOVA allocator', () => {
     fc.assert(
       fc.property(ops(1024), (o) => runModel(1024, {}, o)),
       { numRuns: 100 },
+    );
+  });
+
+  it('several slots, each searching its own stripe first: no overlap, the limit kept, ENOSPC only when the model has no room', () => {
+    fc.assert(
+      fc.property(ops(512), fc.integer({ min: 2, max: 5 }), (o, threads) =>
+        runModel(512, { cpuSlots: 4, magazineSize: 3, depotMagazines: 2 }, o, threads),
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  it('tiny spaces cut in more stripes than they have pages still allocate whenever there is room', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 2, max: 48 }).chain((ap) => fc.tuple(fc.constant(ap), fc.integer({ min: 2, max: 16 }), ops(ap))),
+        ([aperture, slots, o]) => runModel(aperture, { cpuSlots: slots, magazineSize: 2, depotMagazines: 1 }, o, Math.min(slots + 1, 6)),
+      ),
+      { numRuns: 200 },
     );
   });
 });

@@ -92,6 +92,15 @@ interface Pending {
   reject(e: unknown): void;
 }
 
+/** A descriptor submitted while the queue was full: posted by reap() in submission order. */
+interface Waiting extends Pending {
+  src: number;
+  dst: number;
+  len: number;
+  flags: number;
+  arg: number;
+}
+
 /** Everything a device needs from its machine to start. */
 export interface DeviceStartParams {
   bdf: string;
@@ -150,7 +159,8 @@ export class Device {
   private readonly sqView: DataView;
   private readonly cqView: DataView;
   private readonly pending = new Map<number, Pending>();
-  private readonly spaceWaiters: Array<() => void> = [];
+  /** Descriptors waiting for a free slot, oldest first (FIFO: nothing submitted later overtakes them). */
+  private readonly waiting: Waiting[] = [];
   private sqTail = 0;
   private cqHead = 0;
   private nextId = 1;
@@ -256,20 +266,15 @@ export class Device {
     }
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`));
-    if (this.pending.size >= this.queueDepth) return this.submitWhenSpace(src, dst, len, flags, arg);
+    // A full queue, or older descriptors still waiting for room: queue behind them. reap() posts
+    // them as slots free up, before any completion handler can submit (ring order = call order).
+    if (this.pending.size >= this.queueDepth || this.waiting.length > 0) {
+      return new Promise<Completion>((resolve, reject) => this.waiting.push({ src, dst, len, flags, arg, resolve, reject }));
+    }
     // Not an async function: its promise would resolve with `done` two microtask hops later.
     const done = new Promise<Completion>((resolve, reject) => this.post(src, dst, len, flags, arg, { resolve, reject }));
     if (!this.pumping) void this.pump();
     return done;
-  }
-
-  /** submit() on a full queue: waits for a free slot first. */
-  private async submitWhenSpace(src: number, dst: number, len: number, flags: number, arg: number): Promise<Completion> {
-    while (this.pending.size >= this.queueDepth) {
-      await new Promise<void>((r) => this.spaceWaiters.push(r));
-      if (this.failure) throw this.failure;
-    }
-    return this.submit(src, dst, len, flags, arg);
   }
 
   /**
@@ -481,7 +486,12 @@ export class Device {
     }
     // ORDERING: frees completion-ring slots for the device.
     Atomics.store(ctl, CQ_HEAD, this.cqHead);
-    while (this.spaceWaiters.length > 0 && this.pending.size < this.queueDepth) this.spaceWaiters.shift()!();
+    // Waiting descriptors take the freed slots, oldest first (not on a closed or failed device:
+    // failAll rejects them).
+    while (this.waiting.length > 0 && this.pending.size < this.queueDepth && !this.closed && !this.failure) {
+      const w = this.waiting.shift()!;
+      this.post(w.src, w.dst, w.len, w.flags, w.arg, w);
+    }
   }
 
   private async pump(): Promise<void> {
@@ -557,6 +567,8 @@ export class Device {
   private failAll(e: DmaError): void {
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
-    while (this.spaceWaiters.length > 0) this.spaceWaiters.shift()!();
+    // Never posted: they get the device's failure, or ESHUTDOWN once it is closed (as a submit then).
+    const why = this.failure ?? new DmaError('ESHUTDOWN', `device ${this.bdf}: closed`);
+    for (const w of this.waiting.splice(0)) w.reject(why);
   }
 }

@@ -39,7 +39,9 @@
      retire (a device walker may still be inside: the pool frees it after the grace period).
  *   - A failed map swaps back the subtrees its blocks replaced, clears the leaves it installed,
  *     then detaches the tables it installed that are still empty (freeze flat, CAS table → 0,
- *     retire: another thread may already have walked into them).
+ *     retire: another thread may already have walked into them). A mapper that meets FROZEN in
+ *     a table its parent slot no longer points to (detached or replaced meanwhile) descends again
+ *     from the root instead of failing: a detached table was empty, so nothing was in its way.
  *   - destroy frees every table (the caller guarantees nobody uses the table any more).
  *   FROZEN tokens carry the thread id, so a thaw only ever undoes this thread's own freeze.
  *
@@ -438,72 +440,109 @@ export class PageTable {
     const e = this.entries;
     const hi = (cur / TWO32) | 0;
     const lo = cur >>> 0;
-    let table = this.root;
-    for (let l = 0; l < level; l++) {
-      const off = (table << 9) | indexAt(l, hi, lo);
-      // Plain load: a stale value only costs a failed CAS below (which returns the real one); a
-      // stale table pointer leads into a frozen (or retired) subtree, where our CAS from 0 fails.
-      let v = e[off];
-      if (v === 0) v = this.installTable(off, cur, l);
-      if ((v & 3) !== PTE_VALID) throw this.overlapError(cur, pgsize, phys, v, l);
-      table = v >>> PTE_ADDR_SHIFT;
-    }
-    const off = (table << 9) | indexAt(level, hi, lo);
     const leaf = leafBits | ((phys / SZ_4K) << PTE_ADDR_SHIFT);
-    for (;;) {
-      // ORDERING: seq_cst CAS from empty publishes the leaf; mapping over a mapping fails.
-      const old = Atomics.compareExchange(e, off, 0, leaf);
-      if (old === 0) return;
-      if (level === 3 || (old & 3) !== PTE_VALID) throw this.overlapError(cur, pgsize, phys, old, level);
-      // A block where a table is: allowed only if the subtree has no leaves. Freeze it first so
-      // no concurrent map can add one between our check and our swap.
-      const child = old >>> PTE_ADDR_SHIFT;
-      const conflict = this.freeze(child, level + 1, cur);
-      if (conflict >= 0) {
-        this.thaw(child, level + 1);
-        const what =
-          (this.conflictEntry & PTE_VALID) !== 0
-            ? `the ${leafKind(this.conflictLevel)} at ${hex(conflict)}`
-            : `a concurrent change at ${hex(conflict)}`;
-        throw new DmaError(
-          'EEXIST',
-          `${this.name}: map ${sizeName(pgsize)} block at ${hex(cur)} → PA ${hex(phys)}: ` +
-            `the range still has mappings below it (${what}); unmap them first`,
-        );
+    descend: for (;;) {
+      let table = this.root;
+      let parentOff = -1;
+      let parentVal = 0;
+      for (let l = 0; l < level; l++) {
+        const off = (table << 9) | indexAt(l, hi, lo);
+        // Plain load: a stale value only costs a failed CAS below (which returns the real one); a
+        // stale table pointer leads into a frozen (or retired) subtree, where our CAS from 0 fails.
+        let v = e[off];
+        if (v === 0) v = this.installTable(off, cur, l);
+        if ((v & 3) !== PTE_VALID) {
+          if (this.unlinkedSince(v, parentOff, parentVal)) continue descend;
+          throw this.overlapError(cur, pgsize, phys, v, l);
+        }
+        parentOff = off;
+        parentVal = v;
+        table = v >>> PTE_ADDR_SHIFT;
       }
-      // ORDERING: seq_cst CAS table → block; the subtree is frozen, so it cannot have changed.
-      if (Atomics.compareExchange(e, off, old, leaf) === old) {
-        const r = this.replaced;
-        r[this.replacedN++] = off;
-        r[this.replacedN++] = old;
-        r[this.replacedN++] = leaf;
-        r[this.replacedN++] = level;
-        return;
+      const off = (table << 9) | indexAt(level, hi, lo);
+      for (;;) {
+        // ORDERING: seq_cst CAS from empty publishes the leaf; mapping over a mapping fails.
+        const old = Atomics.compareExchange(e, off, 0, leaf);
+        if (old === 0) return;
+        if (this.unlinkedSince(old, parentOff, parentVal)) continue descend;
+        if (level === 3 || (old & 3) !== PTE_VALID) throw this.overlapError(cur, pgsize, phys, old, level);
+        // A block where a table is: allowed only if the subtree has no leaves. Freeze it first so
+        // no concurrent map can add one between our check and our swap.
+        const child = old >>> PTE_ADDR_SHIFT;
+        const conflict = this.freeze(child, level + 1, cur);
+        if (conflict >= 0) {
+          this.thaw(child, level + 1);
+          const what =
+            (this.conflictEntry & PTE_VALID) !== 0
+              ? `the ${leafKind(this.conflictLevel)} at ${hex(conflict)}`
+              : `a concurrent change at ${hex(conflict)}`;
+          throw new DmaError(
+            'EEXIST',
+            `${this.name}: map ${sizeName(pgsize)} block at ${hex(cur)} → PA ${hex(phys)}: ` +
+              `the range still has mappings below it (${what}); unmap them first`,
+          );
+        }
+        // ORDERING: seq_cst CAS table → block; the subtree is frozen, so it cannot have changed.
+        if (Atomics.compareExchange(e, off, old, leaf) === old) {
+          const r = this.replaced;
+          r[this.replacedN++] = off;
+          r[this.replacedN++] = old;
+          r[this.replacedN++] = leaf;
+          r[this.replacedN++] = level;
+          return;
+        }
+        this.thaw(child, level + 1); // defensive: the slot moved under a frozen subtree; retry
       }
-      this.thaw(child, level + 1); // defensive: the slot moved under a frozen subtree; retry
     }
+  }
+
+  /**
+   * A mapper met `v` in the table that the slot at `parentOff` pointed to as `parentVal`: true
+   * when `v` is a FROZEN token and that table is no longer linked there — a failed map detached
+   * it (rollback) or a block replaced it — so the map descends again from the root instead of
+   * failing: a detach only ever unlinks an empty table, nothing of the mapper's range was in it.
+   * While the table is still linked (a freeze in progress) the mapper fails with EEXIST as before.
+   */
+  private unlinkedSince(v: number, parentOff: number, parentVal: number): boolean {
+    // ORDERING: seq_cst load after the load or CAS that returned FROZEN: a detach stores FROZEN
+    // into every slot before its CAS of the parent, so a changed parent is seen here or later.
+    return v !== 0 && (v & PTE_VALID) === 0 && parentOff >= 0 && Atomics.load(this.entries, parentOff) !== parentVal;
   }
 
   /** map() of n 4 KiB pages from IOVA page `first` (< 2^31), all in one L3 table; all or nothing. */
   private mapL3(iova: number, first: number, n: number, pa: number, leafBits: number): void {
     const e = this.entries;
-    let table = this.root;
     let done = 0;
     try {
-      for (let l = 0; l < 3; l++) {
-        const off = (table << 9) | (l === 0 ? first >>> 27 : l === 1 ? (first >>> 18) & 511 : (first >>> 9) & 511);
-        // Plain load, as installLeaf: a stale value only costs a failed CAS.
-        let v = e[off];
-        if (v === 0) v = this.installTable(off, iova, l);
-        if ((v & 3) !== PTE_VALID) throw this.overlapError(iova, SZ_4K, pa, v, l);
-        table = v >>> PTE_ADDR_SHIFT;
-      }
-      const base = (table << 9) | (first & 511);
-      const pfn = pa / SZ_4K;
-      for (; done < n; done++) {
-        // ORDERING: seq_cst CAS from empty publishes the leaf; mapping over a mapping fails.
-        const old = Atomics.compareExchange(e, base + done, 0, leafBits | ((pfn + done) << PTE_ADDR_SHIFT));
-        if (old !== 0) throw this.overlapError(iova + done * SZ_4K, SZ_4K, pa + done * SZ_4K, old, 3);
+      descend: for (;;) {
+        let table = this.root;
+        let parentOff = -1;
+        let parentVal = 0;
+        for (let l = 0; l < 3; l++) {
+          const off = (table << 9) | (l === 0 ? first >>> 27 : l === 1 ? (first >>> 18) & 511 : (first >>> 9) & 511);
+          // Plain load, as installLeaf: a stale value only costs a failed CAS.
+          let v = e[off];
+          if (v === 0) v = this.installTable(off, iova, l);
+          if ((v & 3) !== PTE_VALID) {
+            if (this.unlinkedSince(v, parentOff, parentVal)) continue descend;
+            throw this.overlapError(iova, SZ_4K, pa, v, l);
+          }
+          parentOff = off;
+          parentVal = v;
+          table = v >>> PTE_ADDR_SHIFT;
+        }
+        const base = (table << 9) | (first & 511);
+        const pfn = pa / SZ_4K;
+        for (; done < n; done++) {
+          // ORDERING: seq_cst CAS from empty publishes the leaf; mapping over a mapping fails.
+          const old = Atomics.compareExchange(e, base + done, 0, leafBits | ((pfn + done) << PTE_ADDR_SHIFT));
+          if (old === 0) continue;
+          // Only before our first leaf: a table holding one of our leaves is not empty, so no
+          // rollback detaches it, and the leaves must stay where rollback's clear() finds them.
+          if (done === 0 && this.unlinkedSince(old, parentOff, parentVal)) continue descend;
+          throw this.overlapError(iova + done * SZ_4K, SZ_4K, pa + done * SZ_4K, old, 3);
+        }
+        break;
       }
     } catch (err) {
       this.rollback([iova, iova + done * SZ_4K]);
