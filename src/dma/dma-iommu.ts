@@ -4,8 +4,8 @@
  * in strict mode (wait for the invalidation) or lazy mode (the flush queue).
  *
  * Where we differ: sg padding up to a segment boundary takes IOVA space but maps nothing
- * (Linux maps the pad to the physical pages after the entry); and every domain has one flush
- * queue shared by all threads, not one per CPU.
+ * (Linux maps the pad to the physical pages after the entry); a domain's flush queue has one
+ * ring per driver thread, not per CPU (flush-queue.ts).
  */
 import { DmaError, hex } from '../errors.js';
 import { type Iova, type Pa, PAGE_SIZE, dmaAddr, type DmaAddr } from '../addresses.js';
@@ -208,7 +208,7 @@ export class LazyFlusher {
     // ORDERING: the flush-all is published after every queued PTE was cleared, and returns
     // only when attached devices have observed it; only then may the IOVAs be reused.
     domain.flushIotlbAll();
-    for (const [page, n] of ranges) domain.iova.free(page, n, domain.name);
+    for (let i = 0; i < ranges.length; i += 2) domain.iova.free(ranges[i], ranges[i + 1], domain.name);
     domain.fq.noteFlush();
   }
 

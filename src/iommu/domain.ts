@@ -310,6 +310,7 @@ export class Domain {
       throw new DmaError('EBUSY', `${this.name}: cannot be freed while ${slots.length} device(s) are attached`);
     }
     this.iova.release(); // this thread's IOVA cache slot (other threads release their own)
+    this.fq.release(); // and its flush-queue ring
     this.pt?.destroy();
     this.s.domains.release(this.id);
   }
