@@ -8,7 +8,9 @@
  *   bandwidth-vs-size   (series) one device's copy throughput over transfer sizes 4 KiB … 1 MiB,
  *                       against a raw wasm memory.copy (memmove) and a raw copyWithin of the
  *                       same sizes on this thread, in the same RAM
- *   scaling-devices     (series) the 1-vs-2 device bars
+ *   scaling-devices     (series) the 1-vs-2 device bars, beside the machine's own limit:
+ *   raw-2thread-copy-scaling  the same 1 MiB copies as raw copyWithin loops in 1 vs 2 plain worker
+ *                       threads over the same RAM, in the same interleaved pairs  information
  *
  * Buffers are mapped once before measuring (bidirectional; source in the first half, destination
  * in the second), so the figures measure the data path, not map/unmap. Each device has its own
@@ -21,6 +23,7 @@ import { GiB, KiB, MiB, dmaAddr, type DmaAddr } from '../src/addresses.js';
 import type { Device } from '../src/device/device.js';
 import { DmaError, hex } from '../src/errors.js';
 import { memmoveFor } from '../src/memory/wasm-memmove.js';
+import { RawCopiers } from './raw-copiers.js';
 import type { Figure } from './figures.js';
 import type { Series } from './series.js';
 import { median, timeNs } from './measure.js';
@@ -94,21 +97,31 @@ export async function devicesSuite(ms = 400): Promise<{ figures: Figure[]; serie
       const h = m.dma.mapSingle(dev, buf.pa, 2 * MAX, 'bidirectional');
       lanes.push({ dev, src: h.addr, dst: dmaAddr(h.addr + MAX) });
     }
+    const rawArea = m.ram.alloc(4 * SCALING_LEN, { above: 4 * GiB });
     // Warm up both workers' JIT and IOTLBs.
     await Promise.all(lanes.map((l) => stream(l, SCALING_LEN, 100)));
 
-    // 1 vs 2 devices, interleaved; the device that runs alone alternates.
+    // 1 vs 2 devices, interleaved; the device that runs alone alternates. Each pair also runs the
+    // baseline: the same copies as raw copyWithin loops in 1 and 2 plain worker threads.
     const ratios: number[] = [];
+    const rawRatios: number[] = [];
     const alone: number[] = [];
     const both: number[] = [];
-    for (let i = 0; i < PAIRS; i++) {
-      const one = gbps([await stream(lanes[i % 2], SCALING_LEN, ms)]);
-      const two = gbps(await Promise.all(lanes.map((l) => stream(l, SCALING_LEN, ms))));
-      ratios.push(two / one);
-      alone.push(one);
-      both.push(two);
+    const rawCopiers = await RawCopiers.start(m.ram.handle.sab, m.ram.offsetOf(rawArea.pa, rawArea.size), SCALING_LEN);
+    try {
+      for (let i = 0; i < PAIRS; i++) {
+        const one = gbps([await stream(lanes[i % 2], SCALING_LEN, ms)]);
+        const two = gbps(await Promise.all(lanes.map((l) => stream(l, SCALING_LEN, ms))));
+        ratios.push(two / one);
+        alone.push(one);
+        both.push(two);
+        rawRatios.push((await rawCopiers.run(2, ms)) / (await rawCopiers.run(1, ms)));
+      }
+    } finally {
+      await rawCopiers.close();
     }
     const scaling = median(ratios);
+    const rawScaling = median(rawRatios);
 
     // Bandwidth over transfer size: one device, then raw copies of the same sizes on this thread.
     const device = [];
@@ -133,7 +146,14 @@ export async function devicesSuite(ms = 400): Promise<{ figures: Figure[]; serie
         value: scaling,
         unit: '×1 device',
         goal: { op: '>=', value: 1.85 },
-        note: `median of ${PAIRS} interleaved pairs, ${SCALING_LEN / KiB} KiB copies, ${GROUPS}×${BATCH} in flight per device in batches, one driver thread; median ${median(alone).toFixed(1)} GB/s alone, ${median(both).toFixed(1)} GB/s with two`,
+        note: `median of ${PAIRS} interleaved pairs, ${SCALING_LEN / KiB} KiB copies, ${GROUPS}×${BATCH} in flight per device in batches, one driver thread; median ${median(alone).toFixed(1)} GB/s alone, ${median(both).toFixed(1)} GB/s with two; raw copyWithin in 2 threads vs 1 in the same pairs: ${rawScaling.toFixed(2)}×`,
+      },
+      {
+        id: 'raw-2thread-copy-scaling',
+        value: rawScaling,
+        unit: '×1 thread',
+        goal: null,
+        note: `the machine's own limit for dma-2dev-scaling: ${SCALING_LEN / KiB} KiB copyWithin loops in 2 worker threads vs 1, median of the same ${PAIRS} interleaved pairs (ratios ${rawRatios.map((r) => r.toFixed(2)).join(' ')})`,
       },
     ];
     const series: Series[] = [
@@ -158,6 +178,7 @@ export async function devicesSuite(ms = 400): Promise<{ figures: Figure[]; serie
         bars: [
           { name: '1 device', value: 1 },
           { name: '2 devices', value: scaling },
+          { name: 'raw copyWithin, 2 threads vs 1', value: rawScaling },
         ],
         goal: { value: 1.85, label: 'goal ≥ 1.85×' },
         note: `median of ${PAIRS} interleaved 1-vs-2 pairs; median ${median(alone).toFixed(1)} GB/s alone, ${median(both).toFixed(1)} GB/s with two`,
