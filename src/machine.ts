@@ -369,6 +369,7 @@ export class Machine {
     const c = this.dma.reclaimThread(threadId);
     let iovaPagesFreed = 0;
     for (const d of this.pci.liveDomains()) if (d.type === 'dma') iovaPagesFreed += d.iova.reclaimThread(threadId);
+    this.unit.pool.reclaimThread(threadId); // its page-table mapper slot (no longer waited for)
     if (!c && iovaPagesFreed === 0) return null;
     const mappingsLeft = c ? c.maps - c.unmaps + c.sgMaps - c.sgUnmaps + c.coherentAllocs - c.coherentFrees : 0;
     const r: DriverThreadReport = { threadId, mappingsLeft, iovaPagesFreed };

@@ -14,10 +14,12 @@
  * (detachEmptyTables: caches flushed, then per span IovaAllocator.whileUnallocated keeps the span
  * unallocatable while PageTable freezes, unlinks and retires the table), then gives every retired
  * table back after a grace period (reclaimRetiredTables: a flush-all of every DMA domain with
- * devices, waited for as a strict unmap), then retries once. ORDERING: the unlink (seq_cst CAS)
- * happens before the flush is published, and a device that observed the flush re-walks from the
- * root, so after the wait no walker holds a freed table; mappers cannot hold one either, since a
- * mapper walks only the spans of IOVAs it holds. Domains not iovaManaged (VFIO's) only reclaim
+ * devices, waited for as a strict unmap, and then the CPU grace period: TablePool.freeRetired waits
+ * until no other thread is still inside a map or unmap that began before), then retries once.
+ * ORDERING: the unlink (seq_cst CAS) happens before the flush is published, and a device that
+ * observed the flush re-walks from the root, so after the wait no walker holds a freed table; a
+ * mapper of another range (or domain) may hold one it read before the unlink — the upper tables
+ * are shared — which is what the CPU grace period waits out. Domains not iovaManaged (VFIO's) only reclaim
  * what is already retired: nothing proves no one maps into an empty table there.
  */
 import { DmaError } from '../errors.js';
@@ -86,9 +88,10 @@ function shared(h: IommuHandle): Shared {
  * Gives retired page-table pages back to the pool once no walker can hold one: the retired list
  * is taken first, then every DMA domain with attached devices publishes a flush-all and waits
  * until each of its devices has observed it or is outside a transfer (the strict-unmap wait, as
- * synchronize_rcu), then the taken tables are freed. A device walks only its own domain's tables
- * and re-reads its context after a flush, so after the wait none of them is reachable.
- * Returns how many tables went back.
+ * synchronize_rcu), then the taken tables are freed once no other thread is inside a map section
+ * that began before (TablePool.freeRetired). A device walks only its own domain's tables and
+ * re-reads its context after a flush, so after the wait none of them is reachable.
+ * Returns how many tables went back (0 when a thread stayed inside a map: they stay retired).
  */
 function reclaimRetiredTables(s: Shared): number {
   const taken = s.pool.takeRetired();
@@ -103,8 +106,7 @@ function reclaimRetiredTables(s: Shared): number {
       for (let m = s.domains.attachedMask(n, k); m !== 0; m &= m - 1) s.epochs.waitFor(k * 32 + (31 - Math.clz32(m & -m)), gen);
     }
   }
-  s.pool.freeRetired(taken);
-  return taken.length;
+  return s.pool.freeRetired(taken);
 }
 
 export class Domain {

@@ -43,6 +43,13 @@
  *     a table its parent slot no longer points to (detached or replaced meanwhile) descends again
  *     from the root instead of failing: a detached table was empty, so nothing was in its way.
  *   - destroy frees every table (the caller guarantees nobody uses the table any more).
+ *   - CPU grace period: map, mapRuns, unmap and detachEmptyTables each run as one section of the
+ *     pool's mapper epochs (mapper-epochs.ts: a seq_cst store of an odd number on entry, of the
+ *     next even one on exit), and the pool frees a retired table only after every other thread
+ *     that was inside a section when it was taken has left it. So a table pointer read during a
+ *     section stays this page table's (retired or linked, never zeroed and reused by another
+ *     domain) until the section ends; a mapper's CAS in a retired table meets FROZEN and restarts.
+ *     Sections do not nest, and a thread reclaims only outside one.
  *   FROZEN tokens carry the thread id, so a thaw only ever undoes this thread's own freeze.
  *
  * Invariants: L0 entries are tables or empty; L3 entries are 4 KiB leaves, empty or FROZEN; a
@@ -67,6 +74,7 @@ import { threadId } from 'node:worker_threads';
 import type { Iova, Pa } from '../addresses.js';
 import { DmaError, hex } from '../errors.js';
 import { TABLE_ENTRIES, type TablePool } from './table-pool.js';
+import type { MapperEpochs } from './mapper-epochs.js';
 
 export const PTE_VALID = 1;
 export const PTE_LEAF = 2;
@@ -199,6 +207,8 @@ export class PageTable {
   readonly pgsizeBitmap: number;
   /** Smallest page size in pgsizeBitmap: the alignment map/unmap require. */
   readonly minPageSize: number;
+  /** The pool's mapper epochs: map, mapRuns, unmap and detachEmptyTables run inside a section. */
+  private readonly mappers: MapperEpochs;
   private live = true;
   /** Tables installed by the map in progress: (parent slot, table entry) pairs, for rollback. */
   private readonly installed: number[] = [];
@@ -220,6 +230,7 @@ export class PageTable {
     this.name = name;
     this.pgsizeBitmap = pgsizeBitmap;
     this.minPageSize = pgsizeBitmap & -pgsizeBitmap;
+    this.mappers = pool.mappers;
   }
 
   /** A new, empty page table: allocates its root (L0) table from the pool. */
@@ -258,6 +269,16 @@ export class PageTable {
    * pgsizeBitmap that iova and pa are both aligned to and that fit what remains. All or nothing.
    */
   map(iova: Iova, pa: Pa, size: number, prot: number): void {
+    const m = this.mappers;
+    m.enter(); // a map section: retired tables this walk may reach are not reused until exit
+    try {
+      this.mapSection(iova, pa, size, prot);
+    } finally {
+      m.exit();
+    }
+  }
+
+  private mapSection(iova: Iova, pa: Pa, size: number, prot: number): void {
     this.checkLive('map');
     this.checkMapArgs(iova, pa, size, prot);
     const leafBits =
@@ -297,6 +318,16 @@ export class PageTable {
    * installed detached, as a failed map() leaves the table.
    */
   mapRuns(runs: readonly number[], prot: number): void {
+    const m = this.mappers;
+    m.enter(); // a map section: retired tables this walk may reach are not reused until exit
+    try {
+      this.mapRunsSection(runs, prot);
+    } finally {
+      m.exit();
+    }
+  }
+
+  private mapRunsSection(runs: readonly number[], prot: number): void {
     this.checkLive('map');
     if (runs.length === 0 || runs.length % 3 !== 0) {
       throw new DmaError('EINVAL', `${this.name}: mapRuns needs [iova, pa, size] triples (got ${runs.length} numbers)`);
@@ -336,6 +367,16 @@ export class PageTable {
    * A block that the range covers only partly is EINVAL, and then nothing is cleared.
    */
   unmap(iova: Iova, size: number): number {
+    const m = this.mappers;
+    m.enter(); // a map section: retired tables this walk may reach are not reused until exit
+    try {
+      return this.unmapSection(iova, size);
+    } finally {
+      m.exit();
+    }
+  }
+
+  private unmapSection(iova: Iova, size: number): number {
     this.checkLive('unmap');
     this.checkRange('unmap', iova, size);
     // Fast path (every DMA API unmap of up to 2 MiB that does not cross a 2 MiB line): the range
@@ -393,6 +434,16 @@ export class PageTable {
    * grace period (TablePool.reclaimRetired's caller's). Returns how many tables were retired.
    */
   detachEmptyTables(claim: (iova: number, size: number, detach: () => boolean) => boolean): number {
+    const m = this.mappers;
+    m.enter(); // a map section: retired tables this walk may reach are not reused until exit
+    try {
+      return this.detachEmptyTablesSection(claim);
+    } finally {
+      m.exit();
+    }
+  }
+
+  private detachEmptyTablesSection(claim: (iova: number, size: number, detach: () => boolean) => boolean): number {
     this.checkLive('detachEmptyTables');
     const e = this.entries;
     let n = 0;
@@ -611,8 +662,8 @@ export class PageTable {
   /**
    * detachIfEmpty for a pointer read before the span was claimed: only if the slot still holds it.
    * ORDERING: the seq_cst load re-validates the snapshot under the claim. Our plain read may be
-   * stale by a whole detach, grace period and reuse of the table elsewhere (the grace period
-   * waits for devices, not for us); freezing a reused table would fail its new owner's map. Once
+   * stale by a detach (the table is retired, not reused: we are inside a map section, so the
+   * CPU grace period waits for us); freezing a table someone else already unlinked must not. Once
    * the claim is held nobody can detach or install in this span, so the slot cannot change
    * between this load and detachIfEmpty's CAS except to a leaf-free state we then see.
    */

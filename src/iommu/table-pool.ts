@@ -15,11 +15,17 @@
  *     Int32 word H/4 + 6     RETIRED_COUNT
  *   then Int32 next[N]       link of a table while it is on the free or the retired stack
  *   then Int32 state[N]      FREE 0 / IN_USE 1 / RETIRED 2 / RESERVED 3 (table 0)
+ *   then MAPPER_EPOCHS_BYTES the mapper epochs (mapper-epochs.ts: its own layout, writers and
+ *                            invariants), the CPU side of the grace period before a retired
+ *                            table is freed
  *
  * Who writes what: alloc pops FREE_HEAD (CAS) and moves state FREE→IN_USE; free moves
  * IN_USE→FREE then pushes (CAS); retire moves IN_USE→RETIRED then pushes RETIRED_HEAD (CAS);
  * reclaimRetired takes the whole retired stack with one exchange and pushes each table on the free
- * stack (or takeRetired takes it, and freeRetired pushes them after the caller's grace period). Any thread may call any of them. A table's entries are written only by whoever holds it
+ * stack (or takeRetired takes it, and freeRetired pushes them after the caller's device grace
+ * period). Both free retired tables only after the CPU grace period (mappers.synchronize: no
+ * thread is still inside a map that began before the tables were unlinked); when it gives up on a
+ * thread stuck inside a map, the tables go back on the retired stack. Any thread may call any of them. A table's entries are written only by whoever holds it
  * (alloc zeroes them with plain stores before handing it out).
  *
  * Invariants: a table index is on at most one stack, and its state word says which (transitions
@@ -36,6 +42,7 @@
  * alone is ABA-safe.
  */
 import { DmaError } from '../errors.js';
+import { MAPPER_EPOCHS_BYTES, MAPPER_GRACE_TIMEOUT_MS, MapperEpochs } from './mapper-epochs.js';
 
 export const TABLE_ENTRIES = 512;
 export const TABLE_BYTES = TABLE_ENTRIES * 4;
@@ -66,8 +73,9 @@ function layout(slots: number) {
   const headerOffset = slots * TABLE_BYTES;
   const nextOffset = headerOffset + HEADER_BYTES;
   const stateOffset = nextOffset + slots * 4;
-  const totalBytes = stateOffset + slots * 4;
-  return { headerOffset, nextOffset, stateOffset, totalBytes };
+  const mappersOffset = stateOffset + slots * 4;
+  const totalBytes = mappersOffset + MAPPER_EPOCHS_BYTES;
+  return { headerOffset, nextOffset, stateOffset, mappersOffset, totalBytes };
 }
 
 export class TablePool {
@@ -75,6 +83,8 @@ export class TablePool {
   readonly entries: Int32Array;
   /** Usable tables (indices 1..capacity). */
   readonly capacity: number;
+  /** The mapper epochs: a PageTable brackets every map/unmap with enter()/exit(). */
+  readonly mappers: MapperEpochs;
   private readonly sab: SharedArrayBuffer;
   private readonly head: BigUint64Array; // [0] = FREE_HEAD
   private readonly header: Int32Array; // words relative to the header start
@@ -91,6 +101,7 @@ export class TablePool {
     this.header = new Int32Array(sab, l.headerOffset, HEADER_BYTES / 4);
     this.next = new Int32Array(sab, l.nextOffset, slots);
     this.state = new Int32Array(sab, l.stateOffset, slots);
+    this.mappers = new MapperEpochs(sab, l.mappersOffset);
   }
 
   /** A pool of `tables` usable tables (plus the reserved table 0), all free. */
@@ -119,8 +130,8 @@ export class TablePool {
     if (!(sab instanceof SharedArrayBuffer)) {
       throw new DmaError('EINVAL', 'table pool: attach needs a handle { sab: SharedArrayBuffer }');
     }
-    // Capacity is found from the size: totalBytes = slots * (2048 + 8) + 32.
-    const slots = (sab.byteLength - HEADER_BYTES) / (TABLE_BYTES + 8);
+    // Capacity is found from the size: totalBytes = slots * (2048 + 8) + 32 + MAPPER_EPOCHS_BYTES.
+    const slots = (sab.byteLength - HEADER_BYTES - MAPPER_EPOCHS_BYTES) / (TABLE_BYTES + 8);
     if (!Number.isInteger(slots) || slots < 2) {
       throw new DmaError('EINVAL', `table pool: a ${sab.byteLength}-byte buffer is not a table pool`);
     }
@@ -204,13 +215,13 @@ export class TablePool {
   }
 
   /**
-   * Moves every retired table to the free stack. The caller guarantees that no walker can still
-   * hold any of them (e.g. after an invalidation that every device has observed). Returns how many.
+   * Moves every retired table to the free stack once no other thread is still inside a map that
+   * began before it was retired. The caller guarantees that no device walker can still hold any
+   * of them (e.g. after an invalidation that every device has observed). Returns how many; 0 when
+   * a thread stayed inside a map past `graceTimeoutMs` (the tables stay retired).
    */
-  reclaimRetired(): number {
-    const taken = this.takeRetired();
-    this.freeRetired(taken);
-    return taken.length;
+  reclaimRetired(graceTimeoutMs = MAPPER_GRACE_TIMEOUT_MS): number {
+    return this.freeRetired(this.takeRetired(), graceTimeoutMs);
   }
 
   /**
@@ -229,8 +240,26 @@ export class TablePool {
     return out;
   }
 
-  /** Frees tables takeRetired() returned, once no walker can hold them. */
-  freeRetired(tables: readonly number[]): void {
+  /**
+   * Frees tables takeRetired() returned, once no device walker can hold them (the caller's grace
+   * period) and no other thread is inside a map that began before they were taken (waited for
+   * here, at most `graceTimeoutMs`). Returns how many were freed: all, or none when a thread stayed
+   * inside a map — then they go back on the retired stack and the stall is reported.
+   * The calling thread must not be inside a map section itself (it is never waited for).
+   */
+  freeRetired(tables: readonly number[], graceTimeoutMs = MAPPER_GRACE_TIMEOUT_MS): number {
+    if (tables.length === 0) return 0;
+    const stall = this.mappers.synchronize(graceTimeoutMs);
+    if (stall) {
+      this.putBackRetired(tables);
+      if (stall.fresh) process.emitWarning(
+        `table pool: thread ${stall.threadId} (mapper slot ${stall.slot}) stayed inside a page-table map ` +
+          `for over ${graceTimeoutMs} ms; ${tables.length} retired page-table page(s) stay retired ` +
+          `rather than be reused under it`,
+        { code: 'DMAEMU_MAPPER_STALL' },
+      );
+      return 0;
+    }
     for (const t of tables) {
       // ORDERING: state CAS, as in free.
       const was = Atomics.compareExchange(this.state, t, RETIRED, FREE);
@@ -238,6 +267,32 @@ export class TablePool {
       Atomics.sub(this.header, H_RETIRED_COUNT, 1); // ORDERING: counters only.
       Atomics.sub(this.header, H_IN_USE, 1);
       this.pushFree(t);
+    }
+    return tables.length;
+  }
+
+  /** Grace periods that kept tables retired because a thread stayed inside a map. */
+  mapperStalls(): number {
+    return this.mappers.stalls();
+  }
+
+  /**
+   * Frees the mapper slot of thread `tid`, which has ended (a thread that died inside a map is
+   * no longer waited for). Returns whether it held one.
+   */
+  reclaimThread(tid: number): boolean {
+    return this.mappers.reclaimThread(tid);
+  }
+
+  /** Pushes tables taken by takeRetired back on the retired stack (still RETIRED, still counted). */
+  private putBackRetired(tables: readonly number[]): void {
+    for (const t of tables) {
+      for (;;) {
+        // ORDERING: as retire's push (push-only between exchanges, so ABA-safe).
+        const h = Atomics.load(this.header, H_RETIRED_HEAD);
+        Atomics.store(this.next, t, h);
+        if (Atomics.compareExchange(this.header, H_RETIRED_HEAD, h, t) === h) break;
+      }
     }
   }
 
