@@ -8,7 +8,8 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { Machine, MiB, dmaAddr, type Completion } from '../src/index.js';
 
-const PAGE = 4096;
+/** Each fill is this long, so the device cannot finish one while the test submits the next. */
+const SPAN = 1 * MiB;
 const machines: Machine[] = [];
 afterEach(async () => {
   await Promise.all(machines.splice(0).map((m) => m.close()));
@@ -18,29 +19,29 @@ async function setup() {
   const m = await Machine.create({ ram: [{ base: 0, size: 8 * MiB }], iommu: { enabled: false }, swiotlb: { size: 0 } });
   machines.push(m);
   const dev = await m.addDevice({ bdf: '00:03.0', queueDepth: 2 });
-  const buf = m.ram.alloc(4 * PAGE);
-  m.ram.fill(buf.pa, 4 * PAGE, 0);
-  return { m, dev, at: (i: number) => dmaAddr(buf.pa + i * PAGE), buf };
+  const buf = m.ram.alloc(4 * SPAN);
+  m.ram.fill(buf.pa, 4 * SPAN, 0);
+  return { m, dev, at: (i: number) => dmaAddr(buf.pa + i * SPAN), buf };
 }
 
 describe('Device.submit on a full queue', () => {
   it('a descriptor submitted from a completion handler does not overtake one already waiting for a slot', async () => {
     const { m, dev, at, buf } = await setup();
     const FILL = 1;
-    const first = dev.submit(0x11, at(0), 64, FILL);
-    const second = dev.submit(0x22, at(1), 64, FILL);
+    const first = dev.submit(0x11, at(0), SPAN, FILL);
+    const second = dev.submit(0x22, at(1), SPAN, FILL);
     expect(dev.inFlight()).toBe(2);
-    const waiting = dev.submit(0xaa, at(2), 64, FILL); // queue full: waits
+    const waiting = dev.submit(0xaa, at(2), SPAN, FILL); // queue full: waits
     let later: Promise<Completion> | null = null;
     void first.then(() => {
-      later = dev.submit(0xbb, at(2), 64, FILL); // submitted after `waiting`, same target
+      later = dev.submit(0xbb, at(2), SPAN, FILL); // submitted after `waiting`, same target
     });
     const [w] = await Promise.all([waiting, second]);
     expect(later).not.toBeNull();
     const l = await later!;
     expect([w.status, l.status]).toEqual(['ok', 'ok']);
     expect(w.id).toBeLessThan(l.id); // posted to the ring in submission order
-    expect(m.ram.read(buf.pa + 2 * PAGE, 1)[0]).toBe(0xbb); // so the later fill lands last
+    expect(m.ram.read(buf.pa + 2 * SPAN, 1)[0]).toBe(0xbb); // so the later fill lands last
   });
 
   it('several waiters and later submits complete in submission order', async () => {
@@ -49,7 +50,7 @@ describe('Device.submit on a full queue', () => {
     const order: number[] = [];
     const all: Promise<Completion>[] = [];
     const sub = (tag: number) => {
-      const p = dev.submit(tag, at(3), 64, FILL);
+      const p = dev.submit(tag, at(3), SPAN, FILL);
       all.push(p);
       void p.then((c) => order.push(c.id));
       return p;

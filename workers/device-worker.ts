@@ -28,6 +28,7 @@ import {
   CQ_HEAD,
   DEV_SLEEPING,
   DRV_WAITING,
+  CQ_WAKE_AT,
   STOP,
   STATE,
   CTRL,
@@ -147,6 +148,9 @@ class DeviceRunner {
         const tail = Atomics.load(ctl, SQ_TAIL);
         if (tail === this.sqHead) {
           if (Atomics.load(ctl, POLL) !== 0) continue; // benchmark mode: poll the doorbell
+          // Going idle: a coalescing driver still waiting is woken whatever it asked for (what it
+          // waits for may be deferred completions, e.g. posted RX buffers).
+          if (Atomics.load(ctl, DRV_WAITING) !== 0 && ((Atomics.load(ctl, CQ_WAKE_AT) - this.cqTail) | 0) > 0) Atomics.notify(ctl, CQ_TAIL);
           // ORDERING: DEV_SLEEPING is raised before SQ_TAIL is re-read (see device-control.ts).
           Atomics.store(ctl, DEV_SLEEPING, 1);
           let r: string = 'not-equal';
@@ -236,7 +240,7 @@ class DeviceRunner {
     // ORDERING: CQ_TAIL publishes the completion entries written above; DRV_WAITING is read
     // after it (Dekker with the driver's DRV_WAITING store then CQ_TAIL load).
     Atomics.store(ctl, CQ_TAIL, this.cqTail);
-    if (Atomics.load(ctl, DRV_WAITING) !== 0) Atomics.notify(ctl, CQ_TAIL);
+    if (Atomics.load(ctl, DRV_WAITING) !== 0 && ((this.cqTail - Atomics.load(ctl, CQ_WAKE_AT)) | 0) >= 0) Atomics.notify(ctl, CQ_TAIL);
   }
 
   /**

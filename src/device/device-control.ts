@@ -15,6 +15,8 @@
  *   [8] CTRL          driver: a control-plane message is pending; leave the data loop briefly
  *   [9] POLL          driver: 1 = poll the doorbell instead of sleeping (benchmarks only)
  *   [10] RING_GEN     driver: moves each time the ring DMA addresses below are reprogrammed
+ *   [11] CQ_WAKE_AT   driver: while DRV_WAITING, the CQ_TAIL value to be woken at (interrupt
+ *                     coalescing: CQ_HEAD + 1 unless the driver asked for more completions)
  *   [12..13] SQ DMA   driver: submission ring DMA address (low, high 32 bits), plain stores
  *   [14..15] CQ DMA   driver: completion ring DMA address (low, high 32 bits), plain stores
  *   [16] INJECT       driver: a fault to inject (INJECT_* below; 0 = none), test-only
@@ -34,7 +36,9 @@
  * ORDERING (doorbell, Dekker style): the driver stores SQ_TAIL then loads DEV_SLEEPING; the
  * device stores DEV_SLEEPING = 1 then loads SQ_TAIL before sleeping. Seq-cst Atomics mean at
  * least one of them sees the other, so a wake-up is never lost and a busy device is never
- * notified. The same pattern guards CQ_TAIL / DRV_WAITING.
+ * notified. The same pattern guards CQ_TAIL / DRV_WAITING: the driver stores CQ_WAKE_AT and
+ * DRV_WAITING, then re-reads CQ_TAIL; the device stores CQ_TAIL, then reads DRV_WAITING and
+ * CQ_WAKE_AT and notifies once CQ_TAIL has reached it (and, going idle, whenever the driver waits).
  */
 export const SQ_TAIL = 0;
 export const SQ_HEAD = 1;
@@ -47,6 +51,7 @@ export const STATE = 7;
 export const CTRL = 8;
 export const POLL = 9;
 export const RING_GEN = 10;
+export const CQ_WAKE_AT = 11;
 export const INJECT = 16;
 export const INJECT_AT = 17;
 const RING_SQ = 12;
