@@ -58,7 +58,8 @@ export class FlushQueue {
   private readonly mutex: FutexMutex;
   private readonly slots: number;
   private readonly stride: number;
-  /** Word index of this instance's ring (-1: not claimed yet; -2: none free, use the overflow ring). */
+  /** Word index of this instance's ring (-1: not claimed yet; -2: none was free, use the overflow
+   *  ring until it is full, then try to claim again). */
   private ring = -1;
   /** This instance's TAIL (it is the only writer) and the last HEAD it read. */
   private tail = 0;
@@ -233,7 +234,10 @@ export class FlushQueue {
     this.mutex.lock();
     try {
       const t = w[r + TAIL];
-      if (used(t, w[r + HEAD], cap) >= cap) return false;
+      if (used(t, w[r + HEAD], cap) >= cap) {
+        this.ring = -1; // after the caller's flush, look for a slot ring again: one may be free now
+        return false;
+      }
       const e = r + ENTRIES + 2 * (t < cap ? t : t - cap);
       w[e] = page;
       w[e + 1] = npages;
