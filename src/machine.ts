@@ -15,6 +15,7 @@ import { SQE_SIZE, CQE_SIZE, type RingPlacement } from './device/rings.js';
 import { DmaApi, type DmaApiStats, type DmaCoherent, type DmaDevice, type InvalidationMode } from './dma/dma-api.js';
 import { Swiotlb } from './dma/swiotlb.js';
 import { dmaDeviceInfo } from './dma/dma-device.js';
+import { flushQueued } from './dma/dma-iommu.js';
 import type { DriverHandle } from './dma/driver-handle.js';
 import { DmaDebug } from './dma/dma-debug.js';
 import { parseBdf, formatBdf } from './pci/bdf.js';
@@ -357,7 +358,8 @@ export class Machine {
   /**
    * A driver thread has ended (DriverPool's onThreadExit, or any worker that attached with
    * driverHandle()): take back what it held per thread — its IOVA rcache magazines in every
-   * domain (Linux's free_cpu_cached_iovas when a CPU goes offline) and its counter slot — and
+   * domain (Linux's free_cpu_cached_iovas when a CPU goes offline), its flush-queue rings (what
+   * it had queued is flushed and its IOVAs freed) and its counter slot — and
    * report the mappings it left. Those stay mapped. Only for a thread that has really ended.
    * Returns null when the thread had released everything itself (it closed its driver).
    */
@@ -368,7 +370,12 @@ export class Machine {
     if (this.closing) return null;
     const c = this.dma.reclaimThread(threadId);
     let iovaPagesFreed = 0;
-    for (const d of this.pci.liveDomains()) if (d.type === 'dma') iovaPagesFreed += d.iova.reclaimThread(threadId);
+    for (const d of this.pci.liveDomains()) {
+      if (d.type !== 'dma') continue;
+      iovaPagesFreed += d.iova.reclaimThread(threadId);
+      // Its flush-queue rings: freed, and what it had queued (lazy unmaps) flushed and given back.
+      if (d.fq.reclaimThread(threadId) > 0) flushQueued(d);
+    }
     this.unit.pool.reclaimThread(threadId); // its page-table mapper slot (no longer waited for)
     if (!c && iovaPagesFreed === 0) return null;
     const mappingsLeft = c ? c.maps - c.unmaps + c.sgMaps - c.sgUnmaps + c.coherentAllocs - c.coherentFrees : 0;

@@ -66,6 +66,27 @@ describe('flush queue rings', () => {
     for (const f of owners) f.release();
   });
 
+  it('an instance on the overflow ring claims a slot ring freed meanwhile once the overflow ring fills', () => {
+    const q = FlushQueue.create(2);
+    const owners = Array.from({ length: FLUSH_QUEUE_SLOTS }, (_, i) => {
+      const f = FlushQueue.attach(q.handle);
+      expect(f.push(100 + i, 1)).toBe(true);
+      return f;
+    });
+    const late = FlushQueue.attach(q.handle);
+    expect(late.push(500, 1)).toBe(true); // overflow ring
+    owners[3].release();
+    expect(q.claimedRings()).toBe(FLUSH_QUEUE_SLOTS - 1);
+    expect(late.push(501, 1)).toBe(true);
+    expect(late.push(502, 1)).toBe(false); // overflow ring full: the caller flushes and retries
+    q.takeAll();
+    expect(late.push(502, 1)).toBe(true);
+    expect(q.claimedRings()).toBe(FLUSH_QUEUE_SLOTS); // late took the freed ring, not the overflow one
+    late.release();
+    for (const f of owners) f.release();
+    expect(q.claimedRings()).toBe(0);
+  });
+
   it('a released ring keeps its ranges queued, and its next owner appends after them', () => {
     const q = FlushQueue.create(4);
     const a = FlushQueue.attach(q.handle);

@@ -473,7 +473,12 @@ export class DmaApi {
     if (this.closed) return;
     this.flusher.stop();
     this.counters.release();
-    for (const d of this.ownDomains) d.iova.release();
+    // The flush queues were emptied by stop(); their rings go back too (a thread that ends never
+    // runs the FinalizationRegistry that would otherwise free them).
+    for (const d of this.ownDomains) {
+      d.iova.release();
+      d.fq.release();
+    }
     this.closed = true;
   }
 

@@ -203,13 +203,7 @@ export class LazyFlusher {
   }
 
   private flushDomain(domain: Domain): void {
-    const ranges = domain.fq.takeAll();
-    if (ranges.length === 0) return;
-    // ORDERING: the flush-all is published after every queued PTE was cleared, and returns
-    // only when attached devices have observed it; only then may the IOVAs be reused.
-    domain.flushIotlbAll();
-    for (let i = 0; i < ranges.length; i += 2) domain.iova.free(ranges[i], ranges[i + 1], domain.name);
-    domain.fq.noteFlush();
+    flushQueued(domain);
   }
 
   private arm(): void {
@@ -229,4 +223,18 @@ export class LazyFlusher {
     }, this.timeoutMs);
     this.timer.unref();
   }
+}
+
+/**
+ * fq_flush_iotlb + fq_ring_free for every ring of `domain` (any thread's, a dead one's too):
+ * takes what is queued, publishes one flush-all, waits for it, then frees the IOVAs.
+ */
+export function flushQueued(domain: Domain): void {
+  const ranges = domain.fq.takeAll();
+  if (ranges.length === 0) return;
+  // ORDERING: the flush-all is published after every queued PTE was cleared, and returns
+  // only when attached devices have observed it; only then may the IOVAs be reused.
+  domain.flushIotlbAll();
+  for (let i = 0; i < ranges.length; i += 2) domain.iova.free(ranges[i], ranges[i + 1], domain.name);
+  domain.fq.noteFlush();
 }

@@ -19,7 +19,8 @@
  * Who writes what: TAIL and the entries of a slot ring: its owner only (entries with plain stores,
  * then TAIL with Atomics.store). TAIL and entries of the overflow ring: pushers, mutex held. HEAD
  * of every ring: flushers, mutex held (Atomics.store after the entries were copied out). OWNER:
- * claimed with compareExchange 0→threadId+1, freed by the owner's release().
+ * claimed with compareExchange 0→threadId+1, freed by the owner's release(), or by
+ * reclaimThread() once that thread has ended (its entries stay queued for the next flush).
  * Invariants: every queued range (HEAD ≤ i < TAIL) is allocated in the IOVA allocator and mapped
  * nowhere; its PTEs were cleared before its TAIL store, so a flush-all published after a flusher's
  * TAIL load covers it.
@@ -57,7 +58,8 @@ export class FlushQueue {
   private readonly mutex: FutexMutex;
   private readonly slots: number;
   private readonly stride: number;
-  /** Word index of this instance's ring (-1: not claimed yet; -2: none free, use the overflow ring). */
+  /** Word index of this instance's ring (-1: not claimed yet; -2: none was free, use the overflow
+   *  ring until it is full, then try to claim again). */
   private ring = -1;
   /** This instance's TAIL (it is the only writer) and the last HEAD it read. */
   private tail = 0;
@@ -179,6 +181,29 @@ export class FlushQueue {
     this.ring = -1;
   }
 
+  /** Slot rings claimed by some thread now (for tests and diagnostics). */
+  claimedRings(): number {
+    let n = 0;
+    // ORDERING: a snapshot is all a reader needs.
+    for (let i = 0; i < this.slots; i++) if (Atomics.load(this.w, this.ringAt(i) + OWNER) !== 0) n++;
+    return n;
+  }
+
+  /**
+   * Frees the rings of thread `tid`, which has ended (never for a live thread): a FinalizationRegistry
+   * callback never runs for a thread that is gone. Their ranges stay queued for the next takeAll.
+   * Returns how many rings it freed.
+   */
+  reclaimThread(tid: number): number {
+    let n = 0;
+    for (let i = 0; i < this.slots; i++) {
+      // ORDERING: the dead owner stores nothing more; the CAS frees its slot exactly once, and a
+      // later claimer's compareExchange reads the 0 after the owner's last TAIL store.
+      if (Atomics.compareExchange(this.w, this.ringAt(i) + OWNER, tid + 1, 0) === tid + 1) n++;
+    }
+    return n;
+  }
+
   private ringAt(i: number): number {
     return RINGS + i * this.stride;
   }
@@ -209,7 +234,10 @@ export class FlushQueue {
     this.mutex.lock();
     try {
       const t = w[r + TAIL];
-      if (used(t, w[r + HEAD], cap) >= cap) return false;
+      if (used(t, w[r + HEAD], cap) >= cap) {
+        this.ring = -1; // after the caller's flush, look for a slot ring again: one may be free now
+        return false;
+      }
       const e = r + ENTRIES + 2 * (t < cap ? t : t - cap);
       w[e] = page;
       w[e + 1] = npages;

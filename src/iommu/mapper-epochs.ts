@@ -13,12 +13,16 @@
  *   [16 + s]             OWNER of slot s (s < 64): 0 free, else the owner's threadId + 1
  *   [80 + 16*s]          SEQ of slot s: odd while its thread is inside a map section, even outside
  *   [80 + 16*s + 1]      STUCK of slot s: 0, or 1 + the (odd) SEQ a grace period gave up on
+ *   [80 + 16*s + 2]      DEPTH of slot s: sections opened inside the outermost one (plain words,
+ *                        owner only; 0 when SEQ is even)
  *   (each slot's 16 words are one 64-byte line: two mappers never write one line)
  * Writers: OWNER by the claimer (CAS 0 → tid + 1) and by reclaimThread() for an ended thread;
- * SEQ only by its owner (enter/exit; reclaimThread for an ended one); STUCK and the counters by
- * reclaimers.
+ * SEQ and DEPTH only by its owner (enter/exit; reclaimThread for an ended one); STUCK and the
+ * counters by reclaimers.
  * Invariants: one slot per thread per pool (every TablePool instance of a thread finds the slot
- * its thread already owns), so SEQ grows by one per enter and per exit; map sections do not nest.
+ * its thread already owns), so SEQ grows by one per outermost enter and per outermost exit; a
+ * section opened inside another (a callback that maps, another TablePool instance of the same
+ * thread) only counts DEPTH, so the outer section stays odd until its own exit.
  *
  * Protocol (mapper): enter = seq_cst store of SEQ + 1 (odd) before the walk reads any table
  * pointer; exit = seq_cst store of the next even value after its last CAS in a table.
@@ -46,6 +50,7 @@ const H_STALLS = 1;
 const OWNER0 = LINE;
 const SEQ0 = OWNER0 + MAPPER_SLOTS;
 const STUCK = 1;
+const DEPTH = 2;
 /** Bytes of the region. */
 export const MAPPER_EPOCHS_BYTES = (SEQ0 + MAPPER_SLOTS * LINE) * 4;
 /** How long a reclaim waits for a thread inside a map before it keeps the tables retired. */
@@ -74,16 +79,25 @@ export class MapperEpochs {
   enter(): void {
     const w = this.words;
     const i = this.seqAt >= 0 ? this.seqAt : this.claim();
+    const seq = w[i]; // only this thread writes it
+    if ((seq & 1) !== 0) {
+      w[i + DEPTH]++; // nested: the outer section's odd SEQ already covers this one
+      return;
+    }
     // ORDERING: seq_cst store of the odd value before the walk's first (plain) load of a table
     // pointer: a reclaimer that reads the old even value took its tables off the page table
     // before this store, so the walk cannot find them. Only this thread writes the word.
-    Atomics.store(w, i, w[i] + 1);
+    Atomics.store(w, i, seq + 1);
   }
 
   /** End of a map section (after its last CAS in a table). */
   exit(): void {
     const w = this.words;
     const i = this.seqAt;
+    if (w[i + DEPTH] !== 0) {
+      w[i + DEPTH]--; // an inner section: the outer one goes on
+      return;
+    }
     // ORDERING: seq_cst store after our last CAS, so a reclaimer that sees it sees us gone; then
     // a notify only when a reclaimer sleeps (its WAITERS add is seq_cst before its re-check).
     Atomics.store(w, i, w[i] + 1);
@@ -159,6 +173,7 @@ export class MapperEpochs {
       // freed, so the next owner starts outside a section.
       if ((seq & 1) !== 0) Atomics.store(w, at, seq + 1);
       Atomics.store(w, at + STUCK, 0);
+      Atomics.store(w, at + DEPTH, 0);
       Atomics.store(w, OWNER0 + s, 0);
       return true;
     }

@@ -49,7 +49,8 @@
  *     that was inside a section when it was taken has left it. So a table pointer read during a
  *     section stays this page table's (retired or linked, never zeroed and reused by another
  *     domain) until the section ends; a mapper's CAS in a retired table meets FROZEN and restarts.
- *     Sections do not nest, and a thread reclaims only outside one.
+ *     A section inside a section (e.g. a detachEmptyTables claim callback that maps) counts as
+ *     part of the outer one; a thread reclaims only outside every section.
  *   FROZEN tokens carry the thread id, so a thaw only ever undoes this thread's own freeze.
  *
  * Invariants: L0 entries are tables or empty; L3 entries are 4 KiB leaves, empty or FROZEN; a
