@@ -180,6 +180,11 @@ function sizeName(size: number): string {
   return `${size} bytes`;
 }
 
+/** The leaf entry bits for IOMMU_READ / IOMMU_WRITE `prot`. */
+function leafBitsOf(prot: number): number {
+  return PTE_VALID | PTE_LEAF | ((prot & IOMMU_READ) !== 0 ? PTE_READ : 0) | ((prot & IOMMU_WRITE) !== 0 ? PTE_WRITE : 0);
+}
+
 function leafKind(level: number): string {
   return level === 3 ? '4 KiB page' : `${sizeName(SPAN[level])} block`;
 }
@@ -282,8 +287,7 @@ export class PageTable {
   private mapSection(iova: Iova, pa: Pa, size: number, prot: number): void {
     this.checkLive('map');
     this.checkMapArgs(iova, pa, size, prot);
-    const leafBits =
-      PTE_VALID | PTE_LEAF | ((prot & IOMMU_READ) !== 0 ? PTE_READ : 0) | ((prot & IOMMU_WRITE) !== 0 ? PTE_WRITE : 0);
+    const leafBits = leafBitsOf(prot);
     this.installedN = 0;
     this.replacedN = 0;
     // Fast path (every DMA API map below 2 MiB that does not cross a 2 MiB line): only 4 KiB
@@ -294,22 +298,7 @@ export class PageTable {
       this.mapL3(iova, first, n, pa, leafBits);
       return;
     }
-    let cur: number = iova;
-    let phys: number = pa;
-    let left = size;
-    try {
-      while (left > 0) {
-        const pgsize = this.pickPageSize(cur, phys, left);
-        this.installLeaf(cur, phys, pgsize, leafBits);
-        cur += pgsize;
-        phys += pgsize;
-        left -= pgsize;
-      }
-    } catch (err) {
-      this.rollback([iova, cur]);
-      throw err;
-    }
-    if (this.replacedN !== 0) this.retireReplaced();
+    this.installRuns([iova, pa, size], leafBits);
   }
 
   /**
@@ -334,10 +323,16 @@ export class PageTable {
       throw new DmaError('EINVAL', `${this.name}: mapRuns needs [iova, pa, size] triples (got ${runs.length} numbers)`);
     }
     for (let i = 0; i < runs.length; i += 3) this.checkMapArgs(runs[i], runs[i + 1], runs[i + 2], prot);
-    const leafBits =
-      PTE_VALID | PTE_LEAF | ((prot & IOMMU_READ) !== 0 ? PTE_READ : 0) | ((prot & IOMMU_WRITE) !== 0 ? PTE_WRITE : 0);
     this.installedN = 0;
     this.replacedN = 0;
+    this.installRuns(runs, leafBitsOf(prot));
+  }
+
+  /**
+   * Installs the leaves of [iova, pa, size] triples in the largest page sizes that fit; all or
+   * nothing: on a failure every leaf installed so far is cleared and the tables detached.
+   */
+  private installRuns(runs: readonly number[], leafBits: number): void {
     let i = 0;
     let cur = 0;
     try {
