@@ -52,22 +52,29 @@ Promise.all([import(${JSON.stringify(invModule)}), import(${JSON.stringify(iotlb
 });`;
 
 
+const PAGE_W1 = 0x100;
+const PAGE_W2 = 0x200;
+
+/** One domain's invalidation ring, an IOTLB caching both writers' pages, and the parties' signals. */
+function rig() {
+  const inv = Invalidation.create(1);
+  const iotlb = Iotlb.create(1024);
+  iotlb.insert(PAGE_W1, 0, 3);
+  iotlb.insert(PAGE_W2, 4096, 3);
+  const sig = new Int32Array(new SharedArrayBuffer(64));
+  const ws: Worker[] = [];
+  const spawn = (role: string, page = 0) =>
+    new Worker(partySource, { eval: true, workerData: { role, page, sig: sig.buffer, inv: inv.handle, iotlb: iotlb.handle } });
+  const go = (i: number) => {
+    Atomics.store(sig, i, 1);
+    Atomics.notify(sig, i);
+  };
+  return { inv, iotlb, sig, spawn, go, ws };
+}
+
 describe('invalidation ring slot shared by writers k and k+64', () => {
   it('never loses writer k’s invalidation', async () => {
-    const inv = Invalidation.create(1);
-    const iotlb = Iotlb.create(1024);
-    const PAGE_W1 = 0x100;
-    const PAGE_W2 = 0x200;
-    iotlb.insert(PAGE_W1, 0, 3);
-    iotlb.insert(PAGE_W2, 4096, 3);
-    const sig = new Int32Array(new SharedArrayBuffer(64));
-    const spawn = (role: string, page = 0) =>
-      new Worker(partySource, { eval: true, workerData: { role, page, sig: sig.buffer, inv: inv.handle, iotlb: iotlb.handle } });
-    const go = (i: number) => {
-      Atomics.store(sig, i, 1);
-      Atomics.notify(sig, i);
-    };
-    const ws: Worker[] = [];
+    const { inv, iotlb, sig, spawn, go, ws } = rig();
     try {
       ws.push(spawn('W1', PAGE_W1));
       await until(() => Atomics.load(sig, 0) === 1); // W1 wrote its fields, not its seq
@@ -100,20 +107,7 @@ describe('invalidation ring slot shared by writers k and k+64', () => {
   //   63 unmaps publish; W2: reserve 64 (slot 0), fields(PAGE_W2) ..... [preempted before seq]
   //   device: fields = PAGE_W2, seq still 1 -> must see the lap (tail 65) and flush everything
   it('never applies a slot being overwritten by a writer a ring ahead as the older entry', async () => {
-    const inv = Invalidation.create(1);
-    const iotlb = Iotlb.create(1024);
-    const PAGE_W1 = 0x100;
-    const PAGE_W2 = 0x200;
-    iotlb.insert(PAGE_W1, 0, 3);
-    iotlb.insert(PAGE_W2, 4096, 3);
-    const sig = new Int32Array(new SharedArrayBuffer(64));
-    const spawn = (role: string, page = 0) =>
-      new Worker(partySource, { eval: true, workerData: { role, page, sig: sig.buffer, inv: inv.handle, iotlb: iotlb.handle } });
-    const go = (i: number) => {
-      Atomics.store(sig, i, 1);
-      Atomics.notify(sig, i);
-    };
-    const ws: Worker[] = [];
+    const { inv, iotlb, sig, spawn, go, ws } = rig();
     try {
       inv.publish(0, PAGE_W1, 1, false); // entry 0, complete
       ws.push(spawn('R2'));
