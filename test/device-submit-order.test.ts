@@ -5,15 +5,13 @@
  * issuing its next request). Ring order is visible as the completion id (ids are taken in
  * post order) and as which of two copies to one place landed last.
  */
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, MiB, dmaAddr, type Completion } from '../src/index.js';
+import { closeAfterEach } from './support.js';
+const { machines } = closeAfterEach();
 
 /** Each fill is this long, so the device cannot finish one while the test submits the next. */
 const SPAN = 1 * MiB;
-const machines: Machine[] = [];
-afterEach(async () => {
-  await Promise.all(machines.splice(0).map((m) => m.close()));
-});
 
 async function setup() {
   const m = await Machine.create({ ram: [{ base: 0, size: 8 * MiB }], iommu: { enabled: false }, swiotlb: { size: 0 } });

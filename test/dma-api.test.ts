@@ -1,18 +1,14 @@
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, GiB, MiB, KiB, type MachineConfig, type Device } from '../src/index.js';
-import { pattern, same, allBytes } from './support.js';
+import { pattern, same, allBytes, closeAfterEach } from './support.js';
+const { machines } = closeAfterEach();
 
 const small: MachineConfig = { ram: [{ base: 0, size: 16 * MiB }, { base: 4 * GiB, size: 16 * MiB }], swiotlb: { size: 1 * MiB } };
-let machines: Machine[] = [];
 async function machine(cfg: MachineConfig = small): Promise<Machine> {
   const m = await Machine.create({ ...small, ...cfg });
   machines.push(m);
   return m;
 }
-afterEach(async () => {
-  await Promise.all(machines.map((m) => m.close()));
-  machines = [];
-});
 
 /** No leak left behind: mappings, bounce slots, and (with an IOMMU) IOVA pages. */
 function expectNothingMapped(m: Machine, dev: Device): void {

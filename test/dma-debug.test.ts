@@ -1,5 +1,7 @@
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, GiB, MiB, dmaAddr, type MachineConfig, type DmaDebugCheck } from '../src/index.js';
+import { closeAfterEach } from './support.js';
+const { machines } = closeAfterEach();
 
 const cfg = (enabled: boolean, extra: MachineConfig = {}): MachineConfig => ({
   ram: [{ base: 0, size: 16 * MiB }, { base: 4 * GiB, size: 16 * MiB }],
@@ -7,7 +9,6 @@ const cfg = (enabled: boolean, extra: MachineConfig = {}): MachineConfig => ({
   dmaDebug: { enabled },
   ...extra,
 });
-let machines: Machine[] = [];
 async function setup(enabled = true, extra: MachineConfig = {}) {
   const m = await Machine.create(cfg(enabled, extra));
   machines.push(m);
@@ -15,10 +16,6 @@ async function setup(enabled = true, extra: MachineConfig = {}) {
   const dev = await m.addDevice({ bdf: '00:03.0' });
   return { m, dev, debug: m.dma.debug! };
 }
-afterEach(async () => {
-  await Promise.all(machines.map((m) => m.close()));
-  machines = [];
-});
 
 const checks = (m: Machine): DmaDebugCheck[] => m.dma.debug!.reports().map((r) => r.check);
 const THIS_FILE = /dma-debug\.test\.ts:\d+/;

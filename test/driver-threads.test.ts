@@ -1,19 +1,13 @@
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, GiB, MiB, DriverPool, HandoffMailbox, mapBenchmark, type MachineConfig, type Device } from '../src/index.js';
+import { closeAfterEach } from './support.js';
+const { machines, pools } = closeAfterEach();
 
-let machines: Machine[] = [];
-let pools: DriverPool[] = [];
 async function machine(cfg: MachineConfig): Promise<Machine> {
   const m = await Machine.create({ ram: [{ base: 0, size: 32 * MiB }, { base: 4 * GiB, size: 32 * MiB }], swiotlb: { size: 2 * MiB }, ...cfg });
   machines.push(m);
   return m;
 }
-afterEach(async () => {
-  await Promise.all(pools.map((p) => p.close()));
-  await Promise.all(machines.map((m) => m.close()));
-  pools = [];
-  machines = [];
-});
 
 /** After the drivers are done: only the devices' rings are mapped, no bounce slot is held, no IOVA is left. */
 function expectNoLeak(m: Machine, devs: Device[]): void {

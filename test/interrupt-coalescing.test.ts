@@ -3,13 +3,11 @@
  * completion pump is woken once that many completions are in, never waits for more than it has
  * outstanding, and is woken when the device goes idle with less, so no completion is held back.
  */
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, MiB, dmaAddr, NicDriver } from '../src/index.js';
+import { closeAfterEach } from './support.js';
+const { machines } = closeAfterEach();
 
-const machines: Machine[] = [];
-afterEach(async () => {
-  await Promise.all(machines.splice(0).map((m) => m.close()));
-});
 
 async function machine() {
   const m = await Machine.create({ ram: [{ base: 0, size: 16 * MiB }] });

@@ -1,16 +1,12 @@
 /**
  * Strict and lazy invalidation on real device workers.
  */
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, GiB, MiB, dmaAddr, type Device, type DmaMapping, type Completion, type MachineConfig } from '../src/index.js';
-import { pattern, same, allBytes } from './support.js';
+import { pattern, same, allBytes, closeAfterEach } from './support.js';
+const { machines } = closeAfterEach();
 
 const ram: MachineConfig['ram'] = [{ base: 0, size: 16 * MiB }, { base: 4 * GiB, size: 16 * MiB }];
-let machines: Machine[] = [];
-afterEach(async () => {
-  await Promise.all(machines.map((m) => m.close()));
-  machines = [];
-});
 
 const POISON = 0xee;
 

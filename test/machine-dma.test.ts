@@ -1,18 +1,14 @@
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, GiB, MiB, DmaError, dmaAddr, IOMMU_READ, IOMMU_WRITE, type MachineConfig } from '../src/index.js';
-import { pattern, same, allBytes } from './support.js';
+import { pattern, same, allBytes, closeAfterEach } from './support.js';
+const { machines } = closeAfterEach();
 
 const small: MachineConfig = { ram: [{ base: 0, size: 8 * MiB }, { base: 4 * GiB, size: 8 * MiB }] };
-let machines: Machine[] = [];
 async function machine(cfg: MachineConfig = small): Promise<Machine> {
   const m = await Machine.create(cfg);
   machines.push(m);
   return m;
 }
-afterEach(async () => {
-  await Promise.all(machines.map((m) => m.close()));
-  machines = [];
-});
 
 describe('device DMA through the IOMMU', () => {
   it('copies bytes between two mapped buffers', async () => {

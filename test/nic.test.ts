@@ -1,23 +1,19 @@
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { Machine, MiB, GiB, dmaAddr, type MachineConfig } from '../src/index.js';
 import type { Device } from '../src/device/device.js';
 import { NicDriver } from '../src/device/nic.js';
 import { crc32 } from '../src/device/crc32.js';
-import { pattern, same, allBytes } from './support.js';
+import { pattern, same, allBytes, closeAfterEach } from './support.js';
+const { machines } = closeAfterEach();
 
 const PAGE = 4096;
 const small: MachineConfig = { ram: [{ base: 0, size: 16 * MiB }, { base: 4 * GiB, size: 8 * MiB }], swiotlb: { size: 1 * MiB } };
-let machines: Machine[] = [];
 async function machine(cfg: MachineConfig = small): Promise<Machine> {
   const m = await Machine.create(cfg);
   machines.push(m);
   return m;
 }
-afterEach(async () => {
-  await Promise.all(machines.map((m) => m.close()));
-  machines = [];
-});
 
 async function nic(m: Machine, dmaMask = 64): Promise<{ dev: Device; drv: NicDriver }> {
   const dev = await m.addDevice({ bdf: '00:05.0', model: 'nic', dmaMask, queueDepth: 16 });

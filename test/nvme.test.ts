@@ -1,4 +1,4 @@
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, MiB, GiB, dmaAddr, type MachineConfig } from '../src/index.js';
 import type { Device } from '../src/device/device.js';
 import { NvmeDriver } from '../src/device/nvme.js';
@@ -9,20 +9,16 @@ import {
   NVME_SC_PRP_INVALID_OFFSET,
   NVME_SC_SUCCESS,
 } from '../src/device/nvme-command.js';
-import { pattern, same, allBytes } from './support.js';
+import { pattern, same, allBytes, closeAfterEach } from './support.js';
+const { machines } = closeAfterEach();
 
 const PAGE = 4096;
 const small: MachineConfig = { ram: [{ base: 0, size: 24 * MiB }, { base: 4 * GiB, size: 8 * MiB }], swiotlb: { size: 1 * MiB } };
-let machines: Machine[] = [];
 async function machine(cfg: MachineConfig = small): Promise<Machine> {
   const m = await Machine.create(cfg);
   machines.push(m);
   return m;
 }
-afterEach(async () => {
-  await Promise.all(machines.map((m) => m.close()));
-  machines = [];
-});
 
 async function nvme(m: Machine, opts: { lbaSize?: 512 | 4096; size?: number; dmaMask?: number } = {}): Promise<{ dev: Device; drv: NvmeDriver }> {
   const dev = await m.addDevice({ bdf: '00:04.0', model: 'nvme', dmaMask: opts.dmaMask ?? 64, nvme: { lbaSize: opts.lbaSize ?? 512, size: opts.size ?? 4 * MiB } });

@@ -1,4 +1,20 @@
 /** Helpers shared by the machine tests. */
+import { afterEach } from 'vitest';
+import type { Machine, DriverPool } from '../src/index.js';
+
+/**
+ * Arrays a test file pushes its machines and driver pools into; after each test every pool, then
+ * every machine, is closed and the arrays are emptied (so no worker outlives its test).
+ */
+export function closeAfterEach(): { machines: Machine[]; pools: DriverPool[] } {
+  const machines: Machine[] = [];
+  const pools: DriverPool[] = [];
+  afterEach(async () => {
+    await Promise.all(pools.splice(0).map((p) => p.close()));
+    await Promise.all(machines.splice(0).map((m) => m.close()));
+  });
+  return { machines, pools };
+}
 export function pattern(len: number, seed: number): Uint8Array {
   const out = new Uint8Array(len);
   let x = seed * 2654435761 + 1;

@@ -1,23 +1,16 @@
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { Machine, GiB, MiB, DriverPool, HandoffMailbox, mapBenchmark, dmaAddr, type MachineConfig, type ChromeTrace } from '../src/index.js';
-import { pattern } from './support.js';
+import { pattern, closeAfterEach } from './support.js';
 import { expectValidTrace, trackOf, eventsOn } from './trace-check.js';
 import { NvmeDriver } from '../src/device/nvme.js';
 import { NicDriver } from '../src/device/nic.js';
+const { machines, pools } = closeAfterEach();
 
-let machines: Machine[] = [];
-let pools: DriverPool[] = [];
 async function machine(cfg: MachineConfig): Promise<Machine> {
   const m = await Machine.create({ ram: [{ base: 0, size: 32 * MiB }, { base: 4 * GiB, size: 32 * MiB }], swiotlb: { size: 2 * MiB }, ...cfg });
   machines.push(m);
   return m;
 }
-afterEach(async () => {
-  await Promise.all(pools.map((p) => p.close()));
-  await Promise.all(machines.map((m) => m.close()));
-  pools = [];
-  machines = [];
-});
 
 describe('DMA timeline trace', () => {
   it('exports a small strict-IOMMU run as valid Trace Event JSON whose slices, misses, faults and flows equal the run', async () => {
