@@ -495,22 +495,28 @@ export class IovaAllocator {
   release(): void {
     const sb = this.sb;
     if (sb < 0) return;
+    this.mutex.with(() => this.freeSlotLocked(sb));
+    Atomics.add(this.w, SLOT_GEN, 1);
+    this.sb = -1;
+    this.noSlotGen = -1;
+    orphanedSlots.unregister(this);
+  }
+
+  /**
+   * Empties slot `sb` with the mutex held: its magazines go back to the shared space, the pages
+   * its owner still holds (live mappings) move to HELD_PAGES, and the slot is free.
+   */
+  private freeSlotLocked(sb: number): void {
     const w = this.w;
-    this.mutex.with(() => {
-      for (let k = 0; k < IOVA_RCACHE_ORDERS; k++) {
-        this.drainMagazine(w[sb + LOADED + k], true);
-        this.drainMagazine(w[sb + PREV + k], true);
-      }
-    });
+    for (let k = 0; k < IOVA_RCACHE_ORDERS; k++) {
+      this.drainMagazine(w[sb + LOADED + k], true);
+      this.drainMagazine(w[sb + PREV + k], true);
+    }
     // ORDERING: the slot's count moves to HELD_PAGES, then the seq-cst store of OWNER = 0 publishes
     // the emptied magazines and the zeroed count to the next claimer (whose compareExchange reads it).
     Atomics.add(w, HELD_PAGES, w[sb + NET]);
     Atomics.store(w, sb + NET, 0);
     Atomics.store(w, sb + OWNER, 0);
-    Atomics.add(w, SLOT_GEN, 1);
-    this.sb = -1;
-    this.noSlotGen = -1;
-    orphanedSlots.unregister(this);
   }
 
   /**
@@ -538,14 +544,7 @@ export class IovaAllocator {
         const sb = HEADER + i * SLOT_STRIDE;
         if (Atomics.load(w, sb + OWNER) !== tid + 1 || sb === this.sb) continue;
         found = true;
-        for (let k = 0; k < IOVA_RCACHE_ORDERS; k++) {
-          this.drainMagazine(w[sb + LOADED + k], true);
-          this.drainMagazine(w[sb + PREV + k], true);
-        }
-        Atomics.add(w, HELD_PAGES, w[sb + NET]);
-        Atomics.store(w, sb + NET, 0);
-        // ORDERING: as release(): the emptied slot is published by the OWNER store.
-        Atomics.store(w, sb + OWNER, 0);
+        this.freeSlotLocked(sb);
       }
       if (found) Atomics.add(w, SLOT_GEN, 1);
       return before - this.cachedPages();
